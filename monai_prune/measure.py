@@ -1,0 +1,198 @@
+"""Honest measurement: MACs with our own hook counter, parameters, size on disk, sliding-window latency.
+
+torch-pruning's ``count_ops_and_params`` over-counts ``ConvTranspose`` MACs by the product of the strides (it
+uses the output size where the input size belongs), which inflates every 3D UNet. Here each layer is counted
+from the shapes it really saw in one forward pass:
+
+* ``Conv``: output elements x (in_channels / groups) x kernel volume
+* ``ConvTranspose``: input elements x (out_channels / groups) x kernel volume (each input voxel is scattered
+  through the whole kernel)
+* ``Linear``: rows x in_features x out_features
+* attention products (``matmul``/``@``/``bmm``/``einsum``/``scaled_dot_product_attention`` called outside the
+  layers above): the multiply-accumulates of the contraction.
+
+Normalisation, activations and pooling are not counted (as in the literature's MAC figures).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import statistics
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import InputError
+from .utils import run_forward
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _layer_macs(module: nn.Module, inputs, output) -> int:
+    x = inputs[0]
+    if isinstance(module, _CONV_T):
+        kernel = math.prod(module.kernel_size)
+        return x.numel() * (module.out_channels // module.groups) * kernel
+    if isinstance(module, _CONV):
+        kernel = math.prod(module.kernel_size)
+        return output.numel() * (module.in_channels // module.groups) * kernel
+    if isinstance(module, nn.Linear):
+        return (x.numel() // module.in_features) * module.in_features * module.out_features
+    return 0
+
+
+def _einsum_macs(equation: str, operands: Sequence[torch.Tensor]) -> int:
+    lhs = equation.replace(" ", "").split("->")[0]
+    sizes: Dict[str, int] = {}
+    for spec, tensor in zip(lhs.split(","), operands):
+        if "..." in spec:  # broadcast dims: count them once through the first operand that has them
+            explicit = spec.replace("...", "")
+            ndots = tensor.dim() - len(explicit)
+            spec = "".join(chr(0x100 + i) for i in range(ndots)).join(spec.split("..."))
+        for letter, size in zip(spec, tensor.shape):
+            sizes[letter] = max(sizes.get(letter, 1), int(size))
+    return math.prod(sizes.values()) if len(operands) > 1 else 0
+
+
+class _MatmulCounter(TorchFunctionMode):
+    """Counts MACs of tensor products that are not inside a counted layer (attention scores, values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+        self.inside_layer = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.inside_layer:
+            self.macs += self._count(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _count(func, args, kwargs) -> int:
+        if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
+            a, b = args[0], args[1]
+            if a.dim() < 2 or b.dim() < 2:
+                return 0
+            batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            return math.prod(batch) * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        if func is torch.einsum:
+            operands = args[1:] if len(args) > 2 else (args[1] if isinstance(args[1], (list, tuple)) else args[1:])
+            return _einsum_macs(args[0], list(operands))
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            batch = math.prod(q.shape[:-2])
+            return batch * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        return 0
+
+
+def count_macs(model: nn.Module, example_input, per_layer: bool = False):
+    """Multiply-accumulates of one forward pass on ``example_input`` (see module docstring for the rules).
+
+    Returns an int, or ``(total, {layer_name: macs})`` with ``per_layer=True``. The model's train/eval mode is
+    restored afterwards; no gradients are recorded.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"count_macs expects a torch.nn.Module, got {type(model).__name__}")
+    layer_macs: Dict[str, int] = {}
+    counter = _MatmulCounter()
+    hooks = []
+
+    def pre_hook(module, inputs):
+        counter.inside_layer += 1
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            counter.inside_layer -= 1
+            layer_macs[name] = layer_macs.get(name, 0) + _layer_macs(module, inputs, output)
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, _CONV + _CONV_T + (nn.Linear,)):
+            hooks.append(module.register_forward_pre_hook(pre_hook))
+            hooks.append(module.register_forward_hook(make_hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            run_forward(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    total = sum(layer_macs.values()) + counter.macs
+    if per_layer:
+        if counter.macs:
+            layer_macs["<attention products>"] = counter.macs
+        return total, layer_macs
+    return total
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size of the model's state dict as ``torch.save`` writes it (what ``model.pt`` weighs)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of a file, or of every file under a directory (OpenVINO IR is .xml + .bin)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path)
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Dict[str, Any]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; returns median/min/max/all seconds."""
+    if repeats < 1:
+        raise InputError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+
+
+def sliding_window_latency(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    volume: torch.Tensor,
+    roi_size: Sequence[int],
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    repeats: int = 3,
+    warmup: int = 1,
+    mode: str = "gaussian",
+) -> Dict[str, Any]:
+    """Latency of MONAI's whole ``sliding_window_inference`` over ``volume`` (not only one network call)."""
+    from monai.inferers import sliding_window_inference
+
+    def run():
+        with torch.no_grad():
+            sliding_window_inference(volume, roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode)
+
+    return time_call(run, repeats=repeats, warmup=warmup)
+
+
+def summarize(model: nn.Module, example_input, path: Optional[str] = None) -> Dict[str, int]:
+    """MACs, parameters and serialized size in one dict (``size_bytes`` from ``path`` when given)."""
+    return {
+        "macs": count_macs(model, example_input),
+        "params": count_params(model),
+        "size_bytes": file_size(path) if path else state_dict_bytes(model),
+    }

@@ -1,0 +1,7 @@
+"""Structured channel pruning (torch-pruning + MONAI fixes) and the replayable pruning plan."""
+
+from .channel import IMPORTANCE_CRITERIA, ChannelPruningConfig, prune_channels
+from .plan import PruningPlan, apply_plan, architecture_signature
+
+__all__ = ["ChannelPruningConfig", "IMPORTANCE_CRITERIA", "PruningPlan", "apply_plan", "architecture_signature",
+           "prune_channels"]

@@ -1,0 +1,370 @@
+"""Structured channel pruning of MONAI networks: ``prune_channels``.
+
+torch-pruning's DepGraph finds the coupled layers and removes channels; this module adds what a MONAI user
+needs around it: the fixes in :mod:`.monai_fixes`, input validation with clear errors, a target search over the
+ratio, a forward-pass check after pruning, and a :class:`~.plan.PruningPlan` recording what was removed.
+The caller's model is never modified: a deep copy is pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import ConfigError, InputError, PruningError
+from ..measure import count_macs, count_params
+from .monai_fixes import (
+    PRUNABLE_TYPES,
+    ChannelCountingPReLUPruner,
+    FrozenBlockPruner,
+    decouple_channel_broadcasts,
+    disable_inplace,
+    exact_concat_sizes,
+    find_output_head,
+    find_transformer_blocks,
+    output_channels,
+)
+from ..utils import run_forward
+from .plan import PruningPlan, architecture_signature, state_shapes
+
+logger = logging.getLogger(__name__)
+
+IMPORTANCE_CRITERIA = ("l1", "l2", "taylor", "bn_scale", "random")
+
+
+@dataclass
+class ChannelPruningConfig:
+    """How to prune channels.
+
+    Args:
+        ratio: fraction of channels to remove in each prunable group, in [0, 1).
+        target_macs: alternatively, the MACs to keep as a fraction of the original (0, 1); the ratio is searched.
+        target_params: likewise for the parameter count.
+        importance: ``"l1"``/``"l2"`` weight magnitude, ``"taylor"`` (|w * dL/dw| over a few batches, needs
+            ``batches`` and ``loss_fn``), ``"bn_scale"`` (|gamma| of the normalisation layers), ``"random"``.
+        round_to: keep channel counts a multiple of this (e.g. 8 for SIMD kernels).
+        layer_ratios: per-layer overrides ``{layer_name: ratio}`` (the ratio of the group that layer roots).
+        ignore: names of layers (or whole blocks) never to prune, in addition to the detected output head.
+        global_pruning: rank channels across all groups instead of the same ratio in each.
+        max_layer_ratio: with global pruning, never remove more than this fraction of one group.
+        seed: seed for ``"random"`` importance and any tie-break.
+    """
+
+    ratio: Optional[float] = None
+    target_macs: Optional[float] = None
+    target_params: Optional[float] = None
+    importance: str = "l1"
+    round_to: Optional[int] = None
+    layer_ratios: Dict[str, float] = field(default_factory=dict)
+    ignore: List[str] = field(default_factory=list)
+    global_pruning: bool = False
+    max_layer_ratio: float = 0.9
+    seed: int = 0
+
+    def validate(self) -> None:
+        given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"give exactly one of ratio, target_macs, target_params (got {given or 'none'})")
+        if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
+            raise ConfigError(f"ratio must be in [0, 1) (fraction of channels removed per group), got {self.ratio}")
+        for key in ("target_macs", "target_params"):
+            value = getattr(self, key)
+            if value is not None and not (0.0 < value < 1.0):
+                raise ConfigError(
+                    f"{key} is the fraction of the original to keep and must be in (0, 1), got {value}"
+                    + ("; a target at or above the model's own size needs no pruning" if value >= 1 else "")
+                )
+        if self.importance not in IMPORTANCE_CRITERIA:
+            raise ConfigError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}")
+        for name, r in self.layer_ratios.items():
+            if not (0.0 <= r < 1.0):
+                raise ConfigError(f"layer_ratios[{name!r}] must be in [0, 1), got {r}")
+        if not (0.0 < self.max_layer_ratio <= 1.0):
+            raise ConfigError(f"max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
+
+
+def _make_importance(config: ChannelPruningConfig):
+    if config.importance == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if config.importance == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if config.importance == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if config.importance == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    return tp.importance.RandomImportance()
+
+
+def _check_example_input(model: nn.Module, example_input) -> None:
+    if not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
+        raise InputError(f"example_input must be a tensor (B, C, *spatial), got {type(example_input).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        return
+    first = next((m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)), None)
+    if isinstance(first, nn.Linear) or first is None:
+        return
+    spatial = first.weight.dim() - 2
+    if example_input.dim() != spatial + 2:
+        raise InputError(
+            f"example_input has shape {tuple(example_input.shape)} ({example_input.dim()}-D) but the network's first "
+            f"layer is a {type(first).__name__}: expected a {spatial + 2}-D tensor (B, C, {', '.join('S' * spatial)})"
+        )
+    in_ch = first.in_channels
+    if example_input.shape[1] != in_ch:
+        raise InputError(
+            f"example_input has {example_input.shape[1]} channels but the network's first layer expects {in_ch}; "
+            f"pass a tensor of shape (B, {in_ch}, ...)"
+        )
+
+
+def _locate_failure(model: nn.Module, example_input) -> Tuple[Optional[str], str]:
+    """Run a forward pass and name the first layer that raised or produced a non-finite output."""
+    names = {m: n for n, m in model.named_modules()}
+    current: List[str] = []
+    bad: List[str] = []
+    hooks = []
+    for module in model.modules():
+        if next(module.children(), None) is not None:
+            continue
+        hooks.append(module.register_forward_pre_hook(lambda m, i: current.append(names[m])))
+
+        def check(m, i, o):
+            if not bad and isinstance(o, torch.Tensor) and o.is_floating_point() and not torch.isfinite(o).all():
+                bad.append(names[m])
+
+        hooks.append(module.register_forward_hook(check))
+    try:
+        with torch.no_grad():
+            run_forward(model, example_input)
+        return (bad[0], "produced non-finite values") if bad else (None, "")
+    except Exception as e:  # the point is to report where it broke
+        return (current[-1] if current else None), f"raised {type(e).__name__}: {e}"
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _resolve_names(model: nn.Module, names: Iterable[str], what: str) -> Dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        sample = ", ".join(list(n for n in modules if n)[:8])
+        raise ConfigError(f"{what} names layers this network does not have: {missing} (layer names look like: {sample}, …)")
+    return {n: modules[n] for n in names}
+
+
+def _accumulate_taylor_gradients(model, batches, loss_fn) -> None:
+    if batches is None or loss_fn is None:
+        raise ConfigError("importance='taylor' needs batches=[(input, target), ...] and loss_fn=... to compute gradients")
+    model.zero_grad(set_to_none=True)
+    seen = 0
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise InputError("each Taylor batch must be an (input, target) pair")
+        inputs, target = batch
+        loss = loss_fn(run_forward(model, inputs), target)
+        loss.backward()
+        seen += 1
+    if seen == 0:
+        raise ConfigError("importance='taylor' got an empty batches iterable")
+
+
+def _record_group(group, dg, names: Dict[nn.Module, str]) -> Dict[str, Any]:
+    root_dep, root_idxs = group[0].dep, tp._helpers.to_plain_idxs(group[0].idxs)
+    root = root_dep.target.module
+    before = dg.get_pruner_of_module(root).get_out_channels(root)
+    removed = {int(i) for i in root_idxs}
+    ops = []
+    for dep, idxs in group:
+        target = dep.target
+        plain = [int(i) for i in tp._helpers.to_plain_idxs(idxs)]
+        side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+        if target.type == tp.ops.OPTYPE.PARAMETER:
+            ops.append({"kind": "parameter", "module": dg._param_to_name[target.module], "side": side,
+                        "dim": int(target.pruning_dim), "idxs": plain})
+        elif target.module in names:
+            ops.append({"module": names[target.module], "side": side, "pruner": type(dep.handler.__self__).__name__,
+                        "dim": int(target.pruning_dim), "idxs": plain})
+    return {"root": names.get(root, str(root)), "channels_before": int(before),
+            "kept": [i for i in range(before) if i not in removed], "ops": ops}
+
+
+def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig, batches, loss_fn, network_def):
+    torch.manual_seed(config.seed)
+    work = copy.deepcopy(model).eval()
+    inplace_flags = {m: m.inplace for m in work.modules() if isinstance(getattr(m, "inplace", None), bool)}
+    disable_inplace(work)
+    with torch.no_grad():
+        reference = run_forward(work, example_input)
+    ref = reference[0] if isinstance(reference, (list, tuple)) else reference
+
+    ignore_names = list(config.ignore)
+    head = find_output_head(work, output_channels(reference))
+    transformer_blocks = find_transformer_blocks(work)
+    ignored = _resolve_names(work, ignore_names + head + transformer_blocks, "ignore")
+    if transformer_blocks:
+        logger.info("left intact (attention/MLP pruning of transformer blocks is not supported yet): %s",
+                    ", ".join(f"{n} ({type(ignored[n]).__name__})" for n in transformer_blocks))
+    logger.debug("output head kept whole: %s", head)
+
+    prelu = ChannelCountingPReLUPruner()
+    prelu.record(work, example_input)
+    if config.importance == "taylor":
+        _accumulate_taylor_gradients(work, batches, loss_fn)
+    customized = {nn.PReLU: prelu}
+    frozen = FrozenBlockPruner({type(ignored[n]) for n in transformer_blocks})
+    if transformer_blocks:
+        frozen.record(work, example_input)
+        customized.update({t: frozen for t in frozen.block_types})
+    ratio_dict = {m: config.layer_ratios[n] for n, m in _resolve_names(work, config.layer_ratios, "layer_ratios").items()}
+    try:
+        with exact_concat_sizes(), frozen.shortcut(work):
+            pruner = tp.pruner.MetaPruner(
+                work, example_input, importance=_make_importance(config), pruning_ratio=ratio,
+                pruning_ratio_dict=ratio_dict or None, ignored_layers=list(ignored.values()), round_to=config.round_to,
+                global_pruning=config.global_pruning, max_pruning_ratio=config.max_layer_ratio,
+                customized_pruners=customized, root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR],
+            )
+        decouple_channel_broadcasts(pruner.DG)
+    except Exception as e:
+        raise PruningError(f"torch-pruning could not trace this {type(model).__name__}: {type(e).__name__}: {e}") from e
+
+    names = {m: n for n, m in work.named_modules()}
+    groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types))
+    if not groups:
+        raise ConfigError(
+            f"this {type(model).__name__} has no prunable channel group (every Conv/Linear is ignored, is the output "
+            "head, or sits in a transformer block)"
+        )
+    steps = []
+    try:
+        for group in pruner.step(interactive=True):
+            steps.append(_record_group(group, pruner.DG, names))
+            group.prune()
+    except Exception as e:
+        raise PruningError(f"torch-pruning failed while removing channels: {type(e).__name__}: {e}") from e
+    finally:
+        work.zero_grad(set_to_none=True)
+    for module, flag in inplace_flags.items():
+        module.inplace = flag
+
+    layer, why = _locate_failure(work, example_input)
+    if layer is not None or why:
+        raise PruningError(f"the pruned network no longer runs: layer {layer!r} {why}; add it to ignore=[...] and retry")
+    with torch.no_grad():
+        out = run_forward(work, example_input)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    if out.shape != ref.shape or out.dtype != ref.dtype:
+        raise PruningError(
+            f"pruning changed the output from {tuple(ref.shape)} {ref.dtype} to {tuple(out.shape)} {out.dtype}; "
+            f"a layer producing the output was pruned: name it in ignore=[...] (head detected: {head})"
+        )
+    cfg = asdict(config)
+    cfg["ratio_applied"] = ratio
+    plan = PruningPlan(
+        network=f"{type(model).__module__}.{type(model).__qualname__}",
+        source_signature=architecture_signature(model),
+        pruned_shapes=state_shapes(work),
+        steps=steps,
+        example_input_shape=list(example_input.shape) if isinstance(example_input, torch.Tensor) else None,
+        network_def=network_def,
+        config=cfg,
+        kept_layers=sorted(set(head + transformer_blocks + ignore_names)),
+    )
+    return work, plan
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input,
+    ratio: Optional[float] = None,
+    *,
+    config: Optional[ChannelPruningConfig] = None,
+    batches: Optional[Sequence] = None,
+    loss_fn: Optional[Callable] = None,
+    network_def: Optional[Dict[str, Any]] = None,
+    **options,
+) -> Tuple[nn.Module, PruningPlan]:
+    """Physically remove channels from a copy of ``model``; returns ``(pruned_model, plan)``.
+
+    Args:
+        model: the trained network (MONAI ``UNet``, ``SegResNet``, ``DenseNet121``, …). It is not modified.
+        example_input: a tensor shaped like one network input, e.g. ``torch.randn(1, 1, 96, 96, 96)``.
+        ratio: fraction of channels to remove per group, in [0, 1). Or pass ``target_macs=``/``target_params=``.
+        config: a :class:`ChannelPruningConfig`; keyword ``options`` (``importance``, ``round_to``,
+            ``layer_ratios``, ``ignore``, ``global_pruning``, ``target_macs``, …) override its fields.
+        batches, loss_fn: ``(input, target)`` batches and a loss, for ``importance="taylor"``.
+        network_def: the network's constructor in MONAI bundle syntax (``{"_target_": ..., ...}``), stored in
+            the plan so :meth:`PruningPlan.build_network` can rebuild it.
+
+    The pruned copy is in eval mode, gives an output of the original shape and dtype on ``example_input`` and
+    has fewer channels; the plan replays it on a fresh network with :func:`apply_plan`.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"prune_channels expects a torch.nn.Module, got {type(model).__name__}")
+    fields = ChannelPruningConfig.__dataclass_fields__
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown pruning option(s) {unknown}; known: {sorted(fields)}")
+    config = copy.deepcopy(config) if config is not None else ChannelPruningConfig()
+    if ratio is not None:
+        config.ratio = ratio
+    for key, value in options.items():
+        setattr(config, key, value)
+    config.validate()
+    _check_example_input(model, example_input)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_forward(model, example_input)
+    except Exception as e:
+        raise InputError(f"the network cannot run on an example_input of shape "
+                         f"{tuple(getattr(example_input, 'shape', ()))}: {type(e).__name__}: {e}") from e
+    finally:
+        model.train(was_training)
+
+    macs0, params0 = count_macs(model, example_input), count_params(model)
+    if config.ratio is not None:
+        pruned, plan = _prune_once(model, example_input, config.ratio, config, batches, loss_fn, network_def)
+    else:
+        pruned, plan = _search_ratio(model, example_input, config, batches, loss_fn, network_def, macs0, params0)
+    macs1, params1 = count_macs(pruned, example_input), count_params(pruned)
+    plan.stats = {"macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
+                  "groups_pruned": plan.num_groups}
+    logger.info("pruned %s: %d groups, MACs %.3gG -> %.3gG (%.1f%%), params %.3gM -> %.3gM",
+                type(model).__name__, plan.num_groups, macs0 / 1e9, macs1 / 1e9, 100 * macs1 / max(macs0, 1),
+                params0 / 1e6, params1 / 1e6)
+    pruned.train(was_training)
+    return pruned, plan
+
+
+def _search_ratio(model, example_input, config, batches, loss_fn, network_def, macs0, params0, steps: int = 8):
+    """Bisection over the uniform ratio for the smallest ratio whose MACs/params fraction meets the target."""
+    key, target = ("macs", config.target_macs) if config.target_macs is not None else ("params", config.target_params)
+    measure = (lambda m: count_macs(m, example_input) / macs0) if key == "macs" else (lambda m: count_params(m) / params0)
+    lo, hi = 0.0, 0.95
+    best = _prune_once(model, example_input, hi, config, batches, loss_fn, network_def)
+    reached = measure(best[0])
+    if reached > target:
+        raise ConfigError(f"target_{key}={target} cannot be reached: removing 95% of the prunable channels keeps "
+                          f"{reached:.3f} of the {key} (the head and ignored layers stay); ask for at least {reached:.3f}")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        candidate = _prune_once(model, example_input, mid, config, batches, loss_fn, network_def)
+        fraction = measure(candidate[0])
+        logger.debug("ratio %.4f keeps %.4f of %s", mid, fraction, key)
+        if fraction <= target:
+            hi, best = mid, candidate
+        else:
+            lo = mid
+    best[1].config[f"target_{key}_reached"] = measure(best[0])
+    return best

@@ -1,0 +1,172 @@
+"""The pruning plan: what structured pruning removed, as plain JSON, replayable on a fresh network.
+
+A pruned network no longer fits its constructor, and ``torch.save(model)`` needs unsafe unpickling. The plan
+records every channel-removal operation (module name, input or output side, indices) in the order it was done,
+so :func:`apply_plan` can repeat it on a freshly built network; a plain state dict then loads with
+``torch.load(..., weights_only=True)``. Replay needs no tracing and no example input.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import InputError, PlanMismatchError
+from ..utils import atomic_write_text, library_versions
+from .monai_fixes import ChannelCountingPReLUPruner
+
+PLAN_FORMAT = 1
+
+
+def architecture_signature(model: nn.Module) -> str:
+    """sha256 over the names and shapes of every parameter and buffer: identifies a network's layout."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(f"{key}:{tuple(value.shape)};".encode())
+    return digest.hexdigest()
+
+
+def state_shapes(model: nn.Module) -> Dict[str, List[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class PruningPlan:
+    """Which channels structured pruning removed from which layers, in order.
+
+    ``steps`` is a list of groups; each has the ``root`` layer, its ``channels_before``, the ``kept`` channel
+    indices of the root, and ``ops``: ``{"module", "side" ("out"|"in"), "pruner", "dim", "idxs"}`` for every
+    coupled layer (indices are positions at the time of that step, removed ones).
+    """
+
+    network: str
+    source_signature: str
+    pruned_shapes: Dict[str, List[int]]
+    steps: List[Dict[str, Any]] = field(default_factory=list)
+    example_input_shape: Optional[List[int]] = None
+    network_def: Optional[Dict[str, Any]] = None
+    config: Dict[str, Any] = field(default_factory=dict)
+    kept_layers: List[str] = field(default_factory=list)
+    stats: Dict[str, Any] = field(default_factory=dict)
+    versions: Dict[str, str] = field(default_factory=library_versions)
+    format: int = PLAN_FORMAT
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the canonical JSON: what bundle metadata records to pin a plan."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the plan as JSON, atomically. Returns the path."""
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PruningPlan":
+        if not isinstance(data, dict) or "steps" not in data or "source_signature" not in data:
+            raise InputError("not a monai-prune pruning plan: expected a JSON object with 'steps' and 'source_signature'")
+        if data.get("format", 0) > PLAN_FORMAT:
+            raise InputError(
+                f"pruning plan format {data['format']} is newer than this monai-prune understands ({PLAN_FORMAT}); "
+                "upgrade monai-prune"
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PruningPlan":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} is not valid JSON ({e}); expected a pruning plan written by PruningPlan.save") from e
+        return cls.from_dict(data)
+
+    def build_network(self) -> nn.Module:
+        """Instantiate the original network from ``network_def`` (MONAI bundle syntax) and apply the plan."""
+        if not self.network_def:
+            raise PlanMismatchError(
+                "this plan does not record how the network was built; construct it yourself and call apply_plan(net, plan)"
+            )
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser({"network": copy.deepcopy(self.network_def)})
+        return apply_plan(parser.get_parsed_content("network"), self)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.steps)
+
+
+def _pruner_for(module: nn.Module, pruner_name: str):
+    if isinstance(module, nn.PReLU):
+        return ChannelCountingPReLUPruner()
+    for pruner in tp.pruner.function.PrunerBox.values():
+        if type(pruner).__name__ == pruner_name:
+            return pruner
+    raise PlanMismatchError(f"the plan uses pruner {pruner_name!r}, which this torch-pruning version does not provide")
+
+
+def replay_op(model: nn.Module, op: Dict[str, Any], modules: Dict[str, Any]) -> None:
+    name = op["module"]
+    if op.get("kind") == "parameter":
+        owner_name, _, attr = name.rpartition(".")
+        owner = modules.get(owner_name) if owner_name else model
+        param = getattr(owner, attr, None) if owner is not None else None
+        if not isinstance(param, torch.Tensor):
+            raise PlanMismatchError(f"the plan prunes parameter {name!r}, which this network does not have")
+        keep = sorted(set(range(param.shape[op["dim"]])) - set(op["idxs"]))
+        pruned = nn.Parameter(torch.index_select(param.data, op["dim"], torch.tensor(keep, dtype=torch.long)).contiguous(),
+                              requires_grad=param.requires_grad)
+        setattr(owner, attr, pruned)
+        return
+    module = modules.get(name)
+    if module is None:
+        raise PlanMismatchError(f"the plan prunes layer {name!r}, which this network does not have")
+    pruner = _pruner_for(module, op["pruner"])
+    pruner.pruning_dim = op.get("dim", 1)
+    fn = pruner.prune_out_channels if op["side"] == "out" else pruner.prune_in_channels
+    fn(module, list(op["idxs"]))
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan | str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Replay ``plan`` on a freshly constructed network and return the pruned network.
+
+    The network must have the layout the plan was made from (same constructor arguments); the input object is
+    not modified (a copy is pruned). With ``strict``, every parameter shape is checked against the plan.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"apply_plan expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(plan, PruningPlan):
+        plan = PruningPlan.load(plan)
+    signature = architecture_signature(model)
+    if signature != plan.source_signature:
+        raise PlanMismatchError(
+            f"this {type(model).__name__} does not have the layout the plan was made from (a {plan.network}); "
+            "build the network with the same constructor arguments as the one that was pruned"
+        )
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    for step in plan.steps:
+        for op in step["ops"]:
+            replay_op(pruned, op, modules)
+    if strict:
+        shapes = state_shapes(pruned)
+        for key, shape in plan.pruned_shapes.items():
+            if shapes.get(key) != shape:
+                raise PlanMismatchError(f"after replaying the plan, {key} has shape {shapes.get(key)}, the plan expects {shape}")
+    return pruned

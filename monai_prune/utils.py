@@ -1,0 +1,74 @@
+"""Small shared helpers: atomic writes, library versions, logging set-up."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator
+
+import torch
+
+
+def library_versions() -> Dict[str, str]:
+    versions = {}
+    for dist in ("monai-prune", "torch", "monai", "torch-pruning", "onnx", "onnxruntime", "openvino"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
+
+    Readers never see a half-written file, and a failed export leaves any previous file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log monai_prune messages to stderr in MONAI's plain format unless the application configured logging."""
+    logger = logging.getLogger("monai_prune")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def run_forward(model: nn.Module, example_input):
+    """Call the model the way torch-pruning does: tuples are unpacked, dicts become keyword arguments."""
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, (list, tuple)):
+        return model(*example_input)
+    return model(example_input)
