@@ -107,14 +107,22 @@ def export_onnx(
     path: str | os.PathLike,
     opset: int = 17,
     dynamic_batch: bool = True,
+    dynamic_spatial: bool = True,
     check: bool = True,
     atol: float = 1e-3,
 ) -> ExportResult:
-    """Export ``model`` to ONNX (input ``input``, output ``output``, batch axis dynamic) and check it with ONNX Runtime."""
+    """Export ``model`` to ONNX (input ``input``, output ``output``) and check it with ONNX Runtime.
+
+    The batch axis is dynamic (sliding-window inference sends ``sw_batch_size`` windows, fewer in the last
+    batch), and so are the spatial axes unless ``dynamic_spatial=False`` (one file serves any ROI size).
+    """
     net = _check_args(model, example_input, path)
     example_input = example_input.cpu()
     net = net.cpu()
-    dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    axes = {0: "batch"} if dynamic_batch else {}
+    if dynamic_spatial:
+        axes.update({i: f"spatial{i - 2}" for i in range(2, example_input.dim())})
+    dynamic_axes = {"input": axes, "output": dict(axes)} if axes else None
     diff = None
     with atomic_path(path, ".onnx") as tmp:
         with warnings.catch_warnings(), torch.no_grad():

@@ -58,7 +58,7 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def configure_logging(level: int = logging.INFO) -> None:
     """Log monai_prune messages to stderr in MONAI's plain format unless the application configured logging."""
     logger = logging.getLogger("monai_prune")
-    if not logger.handlers:
+    if not any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)

@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both (re)build .venv with the CPU torch pinned.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints-cpu.txt "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[openvino,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/monai-prune demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/seg3d.py --json bench_output/seg3d.json
+	$(PY) benchmarks/cls2d.py --json bench_output/cls2d.json
+
+clean:
+	rm -rf $(VENV) demo_output bench_output

@@ -1,0 +1,192 @@
+"""``monai-prune`` command line: demo, prune, measure.
+
+Errors of the user's making (a bad ratio, a missing file, a plan that does not fit) are printed as one line on
+stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+from .errors import ConfigError, InputError, MonaiPruneError
+from .utils import configure_logging, same_file
+
+logger = logging.getLogger("monai_prune.cli")
+
+
+def _shape(text: str) -> List[int]:
+    try:
+        shape = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,1,96,96,96, got {text!r}") from e
+    if len(shape) < 3 or any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,1,96,96,96 (B,C,spatial...), got {text!r}")
+    return shape
+
+
+def load_network_def(text: str) -> dict:
+    """A network constructor in MONAI bundle syntax, given inline as JSON or as a .json/.yaml file."""
+    if os.path.exists(text):
+        from monai.bundle import ConfigParser
+
+        data = ConfigParser.load_config_file(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--network must be a JSON object or a file path; {text!r} is neither ({e})") from e
+    if isinstance(data, dict) and "_target_" not in data and isinstance(data.get("network_def"), dict):
+        data = data["network_def"]
+    if not isinstance(data, dict) or "_target_" not in data:
+        raise InputError('--network needs a "_target_", e.g. {"_target_": "monai.networks.nets.UNet", ...}')
+    return data
+
+
+def build_network(network_def: dict) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    try:
+        return ConfigParser({"net": network_def}).get_parsed_content("net")
+    except Exception as e:
+        raise InputError(f"could not build the network from {network_def.get('_target_')}: {e}") from e
+
+
+def load_weights(path: str) -> dict:
+    """A state dict (or a MONAI CheckpointSaver file holding one under "model"), loaded with weights_only=True."""
+    if not os.path.isfile(path):
+        raise InputError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path} is not a state dict that loads with weights_only=True: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path} does not hold a state dict")
+    return state
+
+
+def _cmd_demo(args) -> int:
+    from .demo import DemoConfig, quick_config, run_demo
+
+    config = quick_config(args.out) if args.quick else DemoConfig(out=args.out)
+    results = run_demo(config)
+    d, p = results["dense"], results["pruned"]
+    print(f"dense  Dice {d['mean_dice']:.4f}  MACs {d['macs'] / 1e9:.2f}G  params {d['params'] / 1e6:.2f}M")
+    print(f"pruned Dice {p['mean_dice']:.4f}  MACs {p['macs'] / 1e9:.2f}G  params {p['params'] / 1e6:.2f}M  "
+          f"best backend {p['best_backend']}: {results['speedup_vs_dense_torch'][p['best_backend']]:.2f}x faster "
+          "than dense torch eager")
+    print(f"report: {results['report']}")
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from . import count_macs, count_params, prune_channels
+    from .export import export_onnx, export_torchscript
+    from .utils import atomic_path, atomic_write_text
+
+    network_def = load_network_def(args.network)
+    model = build_network(network_def)
+    if args.weights:
+        model.load_state_dict(load_weights(args.weights))
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} exists and is not a directory")
+    targets = {name: os.path.join(out, name) for name in ("plan.json", "model.pt", "model.ts", "model.onnx")}
+    if args.weights and any(same_file(args.weights, t) for t in targets.values()):
+        raise InputError(f"--out {out} would overwrite the input weights {args.weights}; choose another folder")
+    example = torch.zeros(*args.input_shape)
+    options = {"importance": args.importance, "round_to": args.round_to, "ignore": args.ignore or [],
+               "global_pruning": args.global_pruning}
+    if args.target_macs is not None:
+        options["target_macs"] = args.target_macs
+    pruned, plan = prune_channels(model, example, ratio=args.ratio if args.target_macs is None else None,
+                                  network_def=network_def, **options)
+    os.makedirs(out, exist_ok=True)
+    plan.save(targets["plan.json"])
+    with atomic_path(targets["model.pt"]) as tmp:
+        torch.save(pruned.state_dict(), tmp)
+    ts = export_torchscript(pruned, example, targets["model.ts"])
+    onnx = export_onnx(pruned, example, targets["model.onnx"])
+    summary = {"macs_before": count_macs(model, example), "macs_after": count_macs(pruned, example),
+               "params_before": count_params(model), "params_after": count_params(pruned),
+               "torchscript_max_abs_diff": ts.max_abs_diff, "onnx_max_abs_diff": onnx.max_abs_diff,
+               "plan_checksum": plan.checksum, "files": targets}
+    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
+    print(f"MACs {summary['macs_before'] / 1e9:.3f}G -> {summary['macs_after'] / 1e9:.3f}G "
+          f"({summary['macs_after'] / summary['macs_before']:.2f}x), params {summary['params_before'] / 1e6:.2f}M -> "
+          f"{summary['params_after'] / 1e6:.2f}M; wrote {', '.join(targets.values())}")
+    return 0
+
+
+def _cmd_measure(args) -> int:
+    from . import apply_plan, count_macs, count_params
+    from .pruning import PruningPlan
+
+    model = build_network(load_network_def(args.network))
+    if args.plan:
+        model = apply_plan(model, PruningPlan.load(args.plan))
+    example = torch.zeros(*args.input_shape)
+    macs, per_layer = count_macs(model, example, per_layer=True)
+    result = {"macs": macs, "params": count_params(model)}
+    if args.per_layer:
+        result["per_layer_macs"] = per_layer
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monai-prune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train, prune, fine-tune, export and benchmark a 3D UNet on synthetic CT")
+    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--quick", action="store_true", help="a tiny run (tens of seconds) for smoke tests")
+    demo.set_defaults(func=_cmd_demo)
+
+    prune = sub.add_parser("prune", help="prune a network's channels; write plan.json, model.pt, model.ts, model.onnx")
+    prune.add_argument("--network", required=True, help='network in bundle syntax: JSON or a .json/.yaml file')
+    prune.add_argument("--weights", help="state dict to load first (weights_only)")
+    prune.add_argument("--input-shape", type=_shape, required=True, help="example input shape, e.g. 1,1,96,96,96")
+    prune.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group (0.5)")
+    prune.add_argument("--target-macs", type=float, help="instead of --ratio: keep this fraction of the MACs")
+    prune.add_argument("--importance", default="l1", help="l1 | l2 | bn_scale | random (taylor needs data: use Python)")
+    prune.add_argument("--round-to", type=int, help="channel multiple, e.g. 8")
+    prune.add_argument("--ignore", nargs="*", help="layer names never to prune")
+    prune.add_argument("--global-pruning", action="store_true", help="rank channels across groups")
+    prune.add_argument("--out", required=True, help="output folder")
+    prune.set_defaults(func=_cmd_prune)
+
+    measure = sub.add_parser("measure", help="MACs and parameters of a network (optionally after a plan)")
+    measure.add_argument("--network", required=True)
+    measure.add_argument("--plan", help="plan.json to apply first")
+    measure.add_argument("--input-shape", type=_shape, required=True)
+    measure.add_argument("--per-layer", action="store_true")
+    measure.set_defaults(func=_cmd_measure)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except MonaiPruneError as e:
+        print(f"monai-prune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        print(f"monai-prune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
