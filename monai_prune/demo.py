@@ -117,7 +117,8 @@ def run_demo(config: DemoConfig) -> Dict[str, Any]:
     predictors: Dict[str, Dict[str, Predictor]] = {"dense": {}, "pruned": {}}
     for backend in config.backends:  # interleaved: dense then pruned on each backend
         for name, net in (("dense", dense), ("pruned", pruned)):
-            predictor = Predictor(net, bench_example, backend=backend)
+            source = art[name]["model.onnx"] if backend in ("onnxruntime", "openvino") else net
+            predictor = Predictor(source, bench_example, backend=backend, work_dir=os.path.join(out, name))
             predictors[name][backend] = predictor
             latency[name][backend] = sliding_window_latency(predictor, volume, config.bench_roi, sw_batch_size=1,
                                                             repeats=config.repeats)["median_s"]
