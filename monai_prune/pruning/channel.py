@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -52,7 +53,8 @@ class ChannelPruningConfig:
         layer_ratios: per-layer overrides ``{layer_name: ratio}`` (the ratio of the group that layer roots).
         ignore: names of layers (or whole blocks) never to prune, in addition to the detected output head.
         global_pruning: rank channels across all groups instead of the same ratio in each.
-        max_layer_ratio: with global pruning, never remove more than this fraction of one group.
+        max_layer_ratio: never remove more than this fraction of one group (caps global pruning and the target
+            search; torch-pruning skips groups asked for more).
         seed: seed for ``"random"`` importance and any tie-break.
     """
 
@@ -225,6 +227,9 @@ def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig
         frozen.record(work, example_input)
         customized.update({t: frozen for t in frozen.block_types})
     ratio_dict = {m: config.layer_ratios[n] for n, m in _resolve_names(work, config.layer_ratios, "layer_ratios").items()}
+    not_layers = [n for n, m in zip(config.layer_ratios, ratio_dict) if not isinstance(m, PRUNABLE_TYPES)]
+    if not_layers:
+        raise ConfigError(f"layer_ratios must name Conv/Linear layers (the root of a channel group), not blocks: {not_layers}")
     try:
         with exact_concat_sizes(), frozen.shortcut(work):
             pruner = tp.pruner.MetaPruner(
@@ -347,16 +352,28 @@ def prune_channels(
     return pruned, plan
 
 
-def _search_ratio(model, example_input, config, batches, loss_fn, network_def, macs0, params0, steps: int = 8):
-    """Bisection over the uniform ratio for the smallest ratio whose MACs/params fraction meets the target."""
+def _search_ratio(model, example_input, config, batches, loss_fn, network_def, macs0, params0, steps: int = 5):
+    """Find the smallest uniform ratio whose MACs/params fraction meets the target.
+
+    A coarse scan first (the fraction is not monotonic near the top: torch-pruning skips groups that would be
+    left with one channel), then bisection inside the first bracket that crosses the target.
+    """
     key, target = ("macs", config.target_macs) if config.target_macs is not None else ("params", config.target_params)
     measure = (lambda m: count_macs(m, example_input) / macs0) if key == "macs" else (lambda m: count_params(m) / params0)
-    lo, hi = 0.0, 0.95
-    best = _prune_once(model, example_input, hi, config, batches, loss_fn, network_def)
-    reached = measure(best[0])
-    if reached > target:
-        raise ConfigError(f"target_{key}={target} cannot be reached: removing 95% of the prunable channels keeps "
-                          f"{reached:.3f} of the {key} (the head and ignored layers stay); ask for at least {reached:.3f}")
+    hi = min(0.95, config.max_layer_ratio)
+    grid = [round(r, 3) for r in np.arange(0.1, hi + 1e-9, 0.1)] or [hi]
+    lo, best, lowest = 0.0, None, (1.0, 0.0)
+    for ratio in grid:
+        candidate = _prune_once(model, example_input, ratio, config, batches, loss_fn, network_def)
+        fraction = measure(candidate[0])
+        lowest = min(lowest, (fraction, ratio))
+        if fraction <= target:
+            best, hi = candidate, ratio
+            break
+        lo = ratio
+    if best is None:
+        raise ConfigError(f"target_{key}={target} cannot be reached: the smallest fraction found was {lowest[0]:.3f} "
+                          f"(ratio {lowest[1]}; the head and ignored layers stay); ask for at least {lowest[0]:.3f}")
     for _ in range(steps):
         mid = (lo + hi) / 2
         candidate = _prune_once(model, example_input, mid, config, batches, loss_fn, network_def)
@@ -367,4 +384,5 @@ def _search_ratio(model, example_input, config, batches, loss_fn, network_def, m
         else:
             lo = mid
     best[1].config[f"target_{key}_reached"] = measure(best[0])
+    best[1].config["ratio_applied"] = hi
     return best
