@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from .errors import ConfigError, InputError, MonaiPruneError
+from .errors import InputError, MonaiPruneError
 from .utils import configure_logging, same_file
 
 logger = logging.getLogger("monai_prune.cli")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Sequence
 
 from .utils import atomic_path, atomic_write_text

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator
 
-import torch
+from torch import nn
+
 
 
 def library_versions() -> Dict[str, str]:

@@ -1,7 +1,6 @@
 """The monai-prune command line: real pruning runs, and one-line errors with exit code 2."""
 
 import json
-import os
 import subprocess
 import sys
 

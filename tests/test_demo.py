@@ -1,7 +1,6 @@
 """`monai-prune demo` end to end, shrunk to tens of seconds."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ def test_quick_demo_writes_a_measured_report(tmp_path):
     config = quick_config(str(tmp_path / "demo"))
     config.backends = ["torch", "onnxruntime"]
     results = run_demo(config)
+    assert results["report"].endswith("report.md") and results["elapsed_s"] > 0
     out = tmp_path / "demo"
     for rel in ("report.md", "accuracy_vs_latency.png", "results.json", "pruned/plan.json", "pruned/model.pt",
                 "pruned/model.ts", "pruned/model.onnx", "dense/model.ts"):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import monai_prune as mp
-from monai_prune.errors import ConfigError, InputError, MonaiPruneError, PruningError
+from monai_prune.errors import ConfigError, InputError, PruningError
 from conftest import small_unet, state_equal
 
 X = torch.randn(1, 1, 32, 32, 32)

@@ -1,7 +1,6 @@
 """The pruning plan: plain JSON, replayed on a fresh network, weights loaded with weights_only=True."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -223,18 +223,28 @@ class ChannelCountingPReLUPruner(_WidthRecorder, tp.pruner.function.PReLUPruner)
 
 # `a += b` on tensors runs `a.add_(b)`; Python then rebinds `a` to what that returns, so during tracing it may
 # return a new tensor instead. A bare `a.add_(b)` statement is left alone (its result is not rebound).
-_AUGMENTED = {"add_": (13, torch.add), "sub_": (23, torch.sub), "mul_": (18, torch.mul), "div_": (24, torch.div)}
+# Python >= 3.11 encodes `+=` as BINARY_OP with an argument; older versions have one opcode per operator.
+_AUGMENTED = {
+    "add_": (13, "INPLACE_ADD", torch.add),
+    "sub_": (23, "INPLACE_SUBTRACT", torch.sub),
+    "mul_": (18, "INPLACE_MULTIPLY", torch.mul),
+    "div_": (24, "INPLACE_TRUE_DIVIDE", torch.div),
+}
 _BINARY_OP = dis.opmap.get("BINARY_OP")
 
 
 def _out_of_place(func, caller):
     entry = _AUGMENTED.get(getattr(func, "__name__", ""))
-    if entry is None or _BINARY_OP is None:
+    if entry is None:
         return None
     code, i = caller.f_code.co_code, caller.f_lasti
-    if i + 1 < len(code) and code[i] == _BINARY_OP and code[i + 1] == entry[0]:
-        return entry[1]
-    return None
+    if i + 1 >= len(code):
+        return None
+    if _BINARY_OP is not None:
+        hit = code[i] == _BINARY_OP and code[i + 1] == entry[0]
+    else:
+        hit = code[i] == dis.opmap.get(entry[1], -1)
+    return entry[2] if hit else None
 
 
 class _ConcatRecorder(TorchFunctionMode):
