@@ -3,14 +3,17 @@
 import logging
 
 from .errors import MonaiPruneError
+from .export import export_onnx, export_openvino, export_torchscript
 from .measure import count_macs, count_params, file_size, sliding_window_latency, state_dict_bytes
 from .pruning import ChannelPruningConfig, PruningPlan, apply_plan, prune_channels
+from .runtime import Predictor, available_backends
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "ChannelPruningConfig", "MonaiPruneError", "PruningPlan", "apply_plan", "count_macs", "count_params",
-    "file_size", "prune_channels", "sliding_window_latency", "state_dict_bytes",
+    "ChannelPruningConfig", "MonaiPruneError", "Predictor", "PruningPlan", "apply_plan", "available_backends",
+    "count_macs", "count_params", "export_onnx", "export_openvino", "export_torchscript", "file_size",
+    "prune_channels", "sliding_window_latency", "state_dict_bytes",
 ]

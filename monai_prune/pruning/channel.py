@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InputError, PruningError
 from ..measure import count_macs, count_params
@@ -363,15 +364,18 @@ def _search_ratio(model, example_input, config, batches, loss_fn, network_def, m
     hi = min(0.95, config.max_layer_ratio)
     grid = [round(r, 3) for r in np.arange(0.1, hi + 1e-9, 0.1)] or [hi]
     lo, best, lowest = 0.0, None, (1.0, 0.0)
+    progress = tqdm(total=len(grid) + steps, desc=f"searching ratio for target_{key}={target}", leave=False)
     for ratio in grid:
         candidate = _prune_once(model, example_input, ratio, config, batches, loss_fn, network_def)
         fraction = measure(candidate[0])
+        progress.update()
         lowest = min(lowest, (fraction, ratio))
         if fraction <= target:
             best, hi = candidate, ratio
             break
         lo = ratio
     if best is None:
+        progress.close()
         raise ConfigError(f"target_{key}={target} cannot be reached: the smallest fraction found was {lowest[0]:.3f} "
                           f"(ratio {lowest[1]}; the head and ignored layers stay); ask for at least {lowest[0]:.3f}")
     for _ in range(steps):
@@ -379,10 +383,12 @@ def _search_ratio(model, example_input, config, batches, loss_fn, network_def, m
         candidate = _prune_once(model, example_input, mid, config, batches, loss_fn, network_def)
         fraction = measure(candidate[0])
         logger.debug("ratio %.4f keeps %.4f of %s", mid, fraction, key)
+        progress.update()
         if fraction <= target:
             hi, best = mid, candidate
         else:
             lo = mid
+    progress.close()
     best[1].config[f"target_{key}_reached"] = measure(best[0])
     best[1].config["ratio_applied"] = hi
     return best
