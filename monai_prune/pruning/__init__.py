@@ -5,3 +5,6 @@ from .plan import PruningPlan, apply_plan, architecture_signature
 
 __all__ = ["ChannelPruningConfig", "IMPORTANCE_CRITERIA", "PruningPlan", "apply_plan", "architecture_signature",
            "prune_channels"]
+from .inplace import prune_channels_inplace, rebuild_optimizer, replay_steps  # noqa: E402
+
+__all__ += ["prune_channels_inplace", "rebuild_optimizer", "replay_steps"]

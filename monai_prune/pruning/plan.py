@@ -28,9 +28,13 @@ PLAN_FORMAT = 1
 
 def architecture_signature(model: nn.Module) -> str:
     """sha256 over the names and shapes of every parameter and buffer: identifies a network's layout."""
+    return _signature_of_shapes(state_shapes(model))
+
+
+def _signature_of_shapes(shapes: Dict[str, List[int]]) -> str:
     digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        digest.update(f"{key}:{tuple(value.shape)};".encode())
+    for key, shape in shapes.items():
+        digest.update(f"{key}:{tuple(shape)};".encode())
     return digest.hexdigest()
 
 
@@ -106,6 +110,21 @@ class PruningPlan:
 
         parser = ConfigParser({"network": copy.deepcopy(self.network_def)})
         return apply_plan(parser.get_parsed_content("network"), self)
+
+    def extend(self, later: "PruningPlan") -> "PruningPlan":
+        """A plan doing this one then ``later`` (a plan made on the network this one produces)."""
+        if later.source_signature != _signature_of_shapes(self.pruned_shapes):
+            raise PlanMismatchError("the later plan was not made on the network this plan produces")
+        merged = copy.deepcopy(self)
+        merged.steps = self.steps + copy.deepcopy(later.steps)
+        merged.pruned_shapes = dict(later.pruned_shapes)
+        merged.kept_layers = sorted(set(self.kept_layers) | set(later.kept_layers))
+        merged.config = {**self.config, "steps_applied": self.config.get("steps_applied", 1) + 1,
+                         "last_ratio": later.config.get("ratio_applied")}
+        before = self.stats.get("macs_before"), self.stats.get("params_before")
+        merged.stats = {**later.stats, "macs_before": before[0], "params_before": before[1],
+                        "groups_pruned": len(merged.steps)}
+        return merged
 
     @property
     def num_groups(self) -> int:

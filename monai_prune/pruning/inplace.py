@@ -1,0 +1,109 @@
+"""Pruning a network inside a running training: same module objects, optimizer kept consistent.
+
+A trainer holds references to its network and optimizer, so progressive pruning cannot hand back a copy. Here
+the channels are chosen on a copy (``prune_channels``), the resulting plan is replayed on the live network's own
+modules, and the optimizer's parameter groups and per-parameter state (Adam moments, momentum buffers) are
+rebuilt for the kept channels: the state tensors are pruned by replaying the same plan on a shadow copy whose
+parameters hold them, so every layer type is sliced exactly as its weights were. LR schedulers keep working:
+they hold the optimizer, not the parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..errors import PlanMismatchError
+from .channel import prune_channels
+from .plan import PruningPlan, replay_op, state_shapes
+
+
+def replay_steps(model: nn.Module, plan: PruningPlan) -> None:
+    """Replay ``plan`` on ``model`` itself (no copy), then check every shape against the plan."""
+    modules = dict(model.named_modules())
+    for step in plan.steps:
+        for op in step["ops"]:
+            replay_op(model, op, modules)
+    shapes = state_shapes(model)
+    for key, shape in plan.pruned_shapes.items():
+        if shapes.get(key) != shape:
+            raise PlanMismatchError(f"after replaying the plan, {key} has shape {shapes.get(key)}, expected {shape}")
+
+
+def _prune_state_like_params(before: nn.Module, plan: PruningPlan, values: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Prune tensors shaped like parameters (keyed by parameter name) the way the plan prunes the parameters."""
+    shadow = copy.deepcopy(before)
+    with torch.no_grad():
+        for name, param in shadow.named_parameters():
+            param.grad = None
+            param.data = values[name].detach().clone() if name in values else torch.zeros_like(param)
+    replay_steps(shadow, plan)
+    return {name: p.data for name, p in shadow.named_parameters() if name in values}
+
+
+def rebuild_optimizer(
+    optimizer: torch.optim.Optimizer, old_names: Dict[int, str], before: nn.Module, after: nn.Module,
+    plan: PruningPlan,
+) -> None:
+    """Point ``optimizer`` at ``after``'s parameters and slice its state for the kept channels.
+
+    ``old_names`` maps ``id()`` of the parameter objects the optimizer holds now to their names in the network;
+    ``before`` is a copy of the network taken before pruning; ``after`` is the pruned live network.
+    """
+    new_params = dict(after.named_parameters())
+    for group in optimizer.param_groups:
+        if any(id(p) not in old_names or old_names[id(p)] not in new_params for p in group["params"]):
+            raise PlanMismatchError("the optimizer holds parameters that are not the network's; build it from "
+                                    "network.parameters()")
+    # state tensors shaped like their parameter are pruned like it; scalars (Adam's step) are kept
+    per_key: Dict[str, Dict[str, torch.Tensor]] = {}
+    scalars: Dict[str, Dict[str, object]] = {}
+    for param, state in optimizer.state.items():
+        name = old_names[id(param)]
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape == param.shape:
+                per_key.setdefault(key, {})[name] = value
+            else:
+                scalars.setdefault(name, {})[key] = value
+    sliced = {key: _prune_state_like_params(before, plan, values) for key, values in per_key.items()}
+    new_state = {}
+    for group in optimizer.param_groups:
+        names = [old_names[id(p)] for p in group["params"]]
+        group["params"] = [new_params[n] for n in names]
+        for name in names:
+            state = dict(scalars.get(name, {}))
+            state.update({key: values[name].to(new_params[name].device)
+                          for key, values in sliced.items() if name in values})
+            if state:
+                new_state[new_params[name]] = state
+    optimizer.state.clear()
+    optimizer.state.update(new_state)
+
+
+def prune_channels_inplace(
+    model: nn.Module,
+    example_input,
+    ratio: float,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    plan: Optional[PruningPlan] = None,
+    **options,
+) -> PruningPlan:
+    """Remove ``ratio`` of the channels of every group of ``model`` itself; returns the (accumulated) plan.
+
+    With ``optimizer``, its parameter groups and state are rebuilt for the pruned parameters. With ``plan``
+    (what earlier steps returned), the new steps are appended so one plan rebuilds the final network from the
+    original constructor.
+    """
+    old_names = {id(p): n for n, p in model.named_parameters()}
+    if optimizer is not None and any(id(p) not in old_names for g in optimizer.param_groups for p in g["params"]):
+        raise PlanMismatchError("the optimizer holds parameters that are not the network's; build it from "
+                                "network.parameters() (nothing was pruned)")
+    before = copy.deepcopy(model)
+    _, step_plan = prune_channels(model, example_input, ratio=ratio, **options)
+    replay_steps(model, step_plan)
+    if optimizer is not None:
+        rebuild_optimizer(optimizer, old_names, before, model, step_plan)
+    return plan.extend(step_plan) if plan is not None else step_plan
