@@ -1,0 +1,152 @@
+"""``PruningHandler``: progressive structured channel pruning inside a MONAI/ignite trainer."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import torch
+from monai.utils import optional_import
+from torch import nn
+
+from ..errors import ConfigError, InputError, PlanMismatchError
+from ..measure import count_macs, count_params
+from ..pruning.inplace import prune_channels_inplace, rebuild_optimizer, replay_steps
+from ..pruning.monai_fixes import PRUNABLE_TYPES
+from ..pruning.plan import PruningPlan, architecture_signature
+from ..schedules import SparsitySchedule
+
+Events, _ = optional_import("ignite.engine", name="Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+
+METHODS = ("channel",)
+
+
+class PruningHandler:
+    """Remove channels from ``network`` as training goes, following ``schedule``.
+
+    At each step where the schedule's target rises, the channels needed to reach it are removed from the live
+    network (same module objects), the optimizer's parameter groups and state are rebuilt for the kept channels,
+    and ``engine.state.metrics`` gets ``prune_target``, ``prune_sparsity`` (measured fraction of prunable output
+    channels removed), ``prune_params`` and ``prune_macs``, so stock Stats/TensorBoard/MLflow handlers log them.
+
+    Args:
+        network: the network the trainer trains.
+        optimizer: the trainer's optimizer (rebuilt after every pruning step); None when not training.
+        method: ``"channel"`` (structured channel pruning).
+        schedule: a :mod:`monai_prune.schedules` schedule; epoch schedules act on ``EPOCH_COMPLETED``,
+            iteration schedules on ``ITERATION_COMPLETED``.
+        example_input: a tensor shaped like one network input (for tracing and MAC counts).
+        importance, round_to, ignore: passed to :func:`monai_prune.prune_channels`.
+        name: logger name; default: the engine's logger.
+
+    Checkpoints: ``state_dict()`` holds the accumulated plan and the schedule position. To resume, load the
+    handler's state before the network's weights (``CheckpointLoader(load_dict={"pruner": handler, "model":
+    net, "optimizer": opt})``): it replays the plan on the freshly built network first.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        method: str = "channel",
+        schedule: Optional[SparsitySchedule] = None,
+        example_input: Optional[torch.Tensor] = None,
+        importance: str = "l1",
+        round_to: Optional[int] = None,
+        ignore: Optional[List[str]] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        if not isinstance(network, nn.Module):
+            raise InputError(f"network must be a torch.nn.Module, got {type(network).__name__}")
+        if method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r} (unstructured and N:M sparsity "
+                              "handlers are not available yet)")
+        if not isinstance(schedule, SparsitySchedule):
+            raise ConfigError("schedule must be a monai_prune.schedules schedule, e.g. CubicSchedule(final=0.5, "
+                              "start_epoch=1, end_epoch=8)")
+        if not isinstance(example_input, torch.Tensor):
+            raise ConfigError("example_input must be a tensor shaped like one network input (for tracing)")
+        self.network, self.optimizer, self.method, self.schedule = network, optimizer, method, schedule
+        self.example_input = example_input
+        self.options: Dict[str, Any] = {"importance": importance, "round_to": round_to, "ignore": list(ignore or [])}
+        self.logger = logging.getLogger(name) if name else None
+        self.plan: Optional[PruningPlan] = None
+        self.achieved = 0.0
+        self.dense_signature = architecture_signature(network)
+        self._widths0 = self._widths()
+        self._macs0 = count_macs(network, example_input)
+        self._params0 = count_params(network)
+
+    # ------------------------------------------------------------------ ignite protocol
+    def attach(self, engine: Engine) -> None:
+        if self.logger is None:
+            self.logger = engine.logger
+        max_epochs = engine.state.max_epochs
+        if self.schedule.unit == "epoch":
+            if max_epochs is not None:
+                self.schedule.check_fits(max_epochs)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        else:
+            epoch_length = engine.state.epoch_length
+            if max_epochs is not None and epoch_length is not None:
+                self.schedule.check_fits(max_epochs * epoch_length)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        step = engine.state.epoch if self.schedule.unit == "epoch" else engine.state.iteration
+        target = self.schedule(step)
+        if target > self.achieved + 1e-9:
+            ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
+            was_training = self.network.training
+            self.plan = prune_channels_inplace(self.network, self.example_input, ratio, optimizer=self.optimizer,
+                                               plan=self.plan, **self.options)
+            self.network.train(was_training)
+            self.achieved = target
+        metrics = self.measure()
+        metrics["prune_target"] = target
+        engine.state.metrics.update(metrics)
+        if target > 0:
+            self.logger.info("%s %d: target sparsity %.3f, measured channel sparsity %.3f, MACs %.3gG, params %.3gM",
+                             self.schedule.unit, step, target, metrics["prune_sparsity"], metrics["prune_macs"] / 1e9,
+                             metrics["prune_params"] / 1e6)
+
+    # ------------------------------------------------------------------ measurement
+    def _widths(self) -> Dict[str, int]:
+        return {n: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+                for n, m in self.network.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+    def measure(self) -> Dict[str, float]:
+        """Measured now: channel sparsity over the prunable layers, params, MACs (and their ratios)."""
+        kept = set(self.plan.kept_layers) if self.plan else set()
+        now = self._widths()
+        names = [n for n in self._widths0 if n not in kept]
+        before = sum(self._widths0[n] for n in names)
+        sparsity = 1.0 - sum(now[n] for n in names) / before if before else 0.0
+        macs, params = count_macs(self.network, self.example_input), count_params(self.network)
+        return {"prune_sparsity": sparsity, "prune_macs": macs, "prune_params": params,
+                "prune_macs_ratio": macs / self._macs0, "prune_params_ratio": params / self._params0}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        return {"plan": self.plan.to_json() if self.plan else "", "achieved": self.achieved,
+                "schedule": repr(self.schedule)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Replay the saved plan on the (freshly built, dense) network so its weights can load next."""
+        plan = PruningPlan.from_dict(json.loads(state["plan"])) if state.get("plan") else None
+        if plan is not None:
+            if architecture_signature(self.network) != plan.source_signature:
+                raise PlanMismatchError("the checkpoint's pruning plan does not fit this network: build the same "
+                                        "dense network the checkpointed run started from")
+            old_names = {id(p): n for n, p in self.network.named_parameters()}
+            before = copy.deepcopy(self.network)
+            replay_steps(self.network, plan)
+            if self.optimizer is not None:
+                rebuild_optimizer(self.optimizer, old_names, before, self.network, plan)
+        self.plan, self.achieved = plan, float(state.get("achieved", 0.0))

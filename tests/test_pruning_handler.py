@@ -1,0 +1,99 @@
+"""PruningHandler in a stock MONAI SupervisedTrainer: shrinks the network on schedule, logs metrics, resumes."""
+
+import logging
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler
+from ignite.engine import Events
+from monai.losses import DiceCELoss
+
+import monai_prune as mp
+from monai_prune.errors import ConfigError
+from monai_prune.handlers import PruningHandler
+from monai_prune.schedules import CubicSchedule, LinearSchedule
+from conftest import small_unet
+
+X = torch.zeros(1, 1, 32, 32, 32)
+
+
+def _loader(n=4):
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(n):
+        label = (torch.rand(1, 32, 32, 32, generator=g) > 0.7).float()
+        items.append({"image": label + 0.3 * torch.randn(1, 32, 32, 32, generator=g), "label": label})
+    return DataLoader(Dataset(items), batch_size=2)
+
+
+def _trainer(net, opt, epochs):
+    return SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_loader(), network=net,
+                             optimizer=opt, loss_function=DiceCELoss(to_onehot_y=True, softmax=True))
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_schedule_drives_pruning_in_a_supervised_trainer(tmp_path):
+    net = small_unet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    trainer = _trainer(net, opt, epochs=4)
+    losses = []
+    handler = PruningHandler(network=net, optimizer=opt, method="channel",
+                             schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=3), example_input=X)
+    handler.attach(trainer)
+    stats_lines = _Lines()
+    logging.getLogger("prune_stats").addHandler(stats_lines)
+    logging.getLogger("prune_stats").setLevel(logging.INFO)
+    StatsHandler(name="prune_stats", iteration_log=False, tag_name="loss").attach(trainer)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    macs0 = mp.count_macs(small_unet(), X)
+    trainer.run()
+
+    metrics = trainer.state.metrics
+    assert metrics["prune_target"] == pytest.approx(0.5)
+    assert abs(metrics["prune_sparsity"] - 0.5) < 0.07, metrics["prune_sparsity"]
+    assert metrics["prune_macs"] == mp.count_macs(net, X) < 0.45 * macs0
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any("prune_sparsity" in line for line in stats_lines.lines)  # the stock StatsHandler logged our metric
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert held == {id(p) for p in net.parameters()}
+
+    # a stock CheckpointSaver writes the pruned model + the handler; a fresh dense network resumes from it
+    saver = CheckpointSaver(str(tmp_path), {"model": net, "pruner": handler, "optimizer": opt},
+                           save_final=True, final_filename="ck.pt")
+    saver.attach(trainer)
+    saver.completed(trainer)
+    fresh = small_unet()
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    fresh_handler = PruningHandler(network=fresh, optimizer=fresh_opt,
+                                   schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=3), example_input=X)
+    resumed = _trainer(fresh, fresh_opt, epochs=4)
+    CheckpointLoader(str(tmp_path / "ck.pt"), {"pruner": fresh_handler, "model": fresh, "optimizer": fresh_opt},
+                     map_location="cpu").attach(resumed)
+    resumed.state.epoch = 0
+    resumed._fire_event(Events.STARTED)  # CheckpointLoader acts on STARTED
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)  # loads safely
+    fresh.eval(), net.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(torch.ones(1, 1, 32, 32, 32)), net(torch.ones(1, 1, 32, 32, 32)))
+    assert fresh_handler.achieved == pytest.approx(0.5)
+
+
+def test_bad_handler_arguments():
+    net = small_unet()
+    with pytest.raises(ConfigError, match="method must be one of"):
+        PruningHandler(net, method="lottery", schedule=CubicSchedule(0.5, end_epoch=2), example_input=X)
+    with pytest.raises(ConfigError, match="schedule must be"):
+        PruningHandler(net, schedule=0.5, example_input=X)
+    handler = PruningHandler(net, schedule=CubicSchedule(0.5, start_epoch=1, end_epoch=8), example_input=X)
+    with pytest.raises(ConfigError, match="training stops at 4"):
+        handler.attach(_trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), epochs=4))
