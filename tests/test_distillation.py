@@ -1,0 +1,46 @@
+"""Distillation: the loss formula by hand, and the handler inside a stock SupervisedTrainer with pruning."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from monai_prune.distill import DistillationLoss, kd_divergence
+from monai_prune.errors import ConfigError
+from monai_prune.handlers import DistillationHandler, PruningHandler
+from monai_prune.schedules import LinearSchedule
+from conftest import small_unet
+from test_pruning_handler import X, _trainer
+
+
+def test_kd_term_matches_a_hand_computation():
+    s, t = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    T = 2.0
+    p_t = F.softmax(t / T, dim=1)
+    by_hand = (p_t * (p_t.log() - F.log_softmax(s / T, dim=1))).sum(1).mean() * T * T
+    assert kd_divergence(s, t, T) == pytest.approx(float(by_hand), rel=1e-5)
+    assert float(kd_divergence(t, t, T)) == pytest.approx(0.0, abs=1e-6)
+    loss = DistillationLoss(lambda p, y: torch.tensor(1.0), alpha=lambda epoch: 0.1 * epoch, temperature=T)
+    loss.epoch, loss.teacher_output = 3, t
+    assert float(loss(s, None)) == pytest.approx(1.0 + 0.3 * float(by_hand), rel=1e-5)
+    assert loss.teacher_output is None  # consumed: never reused for the next batch
+    with pytest.raises(ConfigError, match="temperature"):
+        DistillationLoss(lambda p, y: 0, temperature=0)
+
+
+def test_distillation_with_progressive_pruning_in_a_supervised_trainer():
+    net = small_unet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    trainer = _trainer(net, opt, epochs=3)
+    kd = DistillationHandler(network=net, alpha=0.5, temperature=2.0)
+    teacher_before = {k: v.clone() for k, v in kd.teacher.state_dict().items()}
+    PruningHandler(network=net, optimizer=opt, schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=2),
+                   example_input=X).attach(trainer)
+    kd.attach(trainer)
+    assert isinstance(trainer.loss_function, DistillationLoss) and isinstance(kd.loss.task_loss, DiceCELoss)
+    trainer.run()
+    metrics = trainer.state.metrics
+    assert 0.0 <= metrics["kd_agreement"] <= 1.0 and metrics["kd_loss"] >= 0.0
+    assert metrics["prune_sparsity"] > 0.4
+    assert all(torch.equal(v, kd.teacher.state_dict()[k]) for k, v in teacher_before.items())  # teacher frozen
+    assert torch.isfinite(torch.tensor(trainer.state.output[0]["loss"]))
