@@ -1,0 +1,148 @@
+"""Unstructured magnitude sparsity and N:M sparsity: masks that zero weights without changing shapes.
+
+Zeros give no speed with dense CPU kernels (a 90%-sparse UNet measured here ran as fast as the dense one); they
+give smaller compressed files and, for N:M (2:4), the sparse tensor cores of recent GPUs. Masks are plain bool
+tensors keyed by parameter name, applied with :func:`apply_masks` and kept applied during training by
+:class:`MaskKeeper` (re-applied after every optimizer step, so pruned weights stay zero).
+
+* local magnitude: in each layer, zero the ``sparsity`` fraction of weights with the smallest |w|
+  (the seed formula w' = w * 1{|w| >= tau});
+* global magnitude: one threshold tau over all selected layers;
+* N:M: in every group of M consecutive input channels (per output channel and kernel position), keep the N
+  largest |w|.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .pruning.monai_fixes import PRUNABLE_TYPES
+
+logger = logging.getLogger(__name__)
+
+
+def _targets(model: nn.Module, layers: Optional[Iterable[str]], include_bias: bool) -> Dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    names = list(layers) if layers is not None else [n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]
+    missing = [n for n in names if n not in modules or not isinstance(modules[n], PRUNABLE_TYPES)]
+    if missing:
+        raise ConfigError(f"layers must name Conv/Linear layers of this network; not found or not prunable: {missing}")
+    if not names:
+        raise ConfigError("this network has no Conv/Linear layer to sparsify")
+    params = {}
+    for name in names:
+        params[f"{name}.weight" if name else "weight"] = modules[name].weight
+        if include_bias and modules[name].bias is not None:
+            params[f"{name}.bias" if name else "bias"] = modules[name].bias
+    return params
+
+
+def _keep_largest(values: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask keeping exactly round((1 - sparsity) * n) entries with the largest magnitude."""
+    flat = values.abs().flatten()
+    n_zero = int(round(sparsity * flat.numel()))
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    if n_zero > 0:
+        mask[torch.argsort(flat, stable=True)[:n_zero]] = False
+    return mask.view_as(values)
+
+
+def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "local", layers: Optional[Iterable[str]] = None,
+                    include_bias: bool = False) -> Dict[str, torch.Tensor]:
+    """Masks zeroing the ``sparsity`` fraction of smallest-magnitude weights, per layer or globally."""
+    if not isinstance(sparsity, (int, float)) or not (0.0 <= sparsity < 1.0):
+        raise ConfigError(f"sparsity must be in [0, 1) (the fraction of weights zeroed), got {sparsity!r}")
+    if scope not in ("local", "global"):
+        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
+    params = _targets(model, layers, include_bias)
+    with torch.no_grad():
+        if scope == "local":
+            return {name: _keep_largest(p.detach(), sparsity) for name, p in params.items()}
+        flat = torch.cat([p.detach().abs().flatten() for p in params.values()])
+        keep = _keep_largest(flat, sparsity)
+        masks, offset = {}, 0
+        for name, p in params.items():
+            masks[name] = keep[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return masks
+
+
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
+    """N:M masks along input channels: in each run of ``m`` input channels keep the ``n`` largest |w|.
+
+    Layers with fewer than ``m`` input channels per group (e.g. the first convolution of a 1-channel CT net)
+    are skipped; a layer with more that ``m`` does not divide is an error.
+    """
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise ConfigError(f"N:M sparsity needs integers 0 < N < M, got {n}:{m}")
+    modules = dict(model.named_modules())
+    names = list(layers) if layers is not None else [k for k, v in modules.items() if isinstance(v, PRUNABLE_TYPES)]
+    masks: Dict[str, torch.Tensor] = {}
+    skipped: List[str] = []
+    _targets(model, names, include_bias=False)  # validates the names
+    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    for layer in names:
+        name = f"{layer}.weight" if layer else "weight"
+        w = modules[layer].weight.detach()
+        in_dim = 0 if isinstance(modules[layer], transposed) else 1  # ConvTranspose weights are (in, out, ...)
+        channels = w.shape[in_dim]
+        if channels < m:
+            skipped.append(name)
+            continue
+        if channels % m:
+            raise ConfigError(f"N:M sparsity {n}:{m}: {name} has {channels} input channels, which {m} does not "
+                              f"divide; leave the layer out (layers=[...]) or choose M among its divisors")
+        moved = w.movedim(in_dim, -1)  # (..., in)
+        groups = moved.reshape(*moved.shape[:-1], channels // m, m).abs()
+        top = groups.topk(n, dim=-1).indices
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
+        masks[name] = keep.reshape(moved.shape).movedim(-1, in_dim)
+    if skipped:
+        logger.info("N:M %d:%d skipped layers with fewer than %d input channels: %s", n, m, m, ", ".join(skipped))
+    if not masks:
+        raise ConfigError(f"no layer of this network has at least {m} input channels for N:M sparsity")
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
+    """Zero the masked weights of ``model`` in place."""
+    params = dict(model.named_parameters())
+    unknown = [k for k in masks if k not in params]
+    if unknown:
+        raise ConfigError(f"masks name parameters this network does not have: {unknown[:5]}")
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if mask.shape != params[name].shape:
+                raise ConfigError(f"mask for {name} has shape {tuple(mask.shape)}, the weight {tuple(params[name].shape)}")
+            params[name].mul_(mask.to(params[name].device))
+
+
+def measured_sparsity(model: nn.Module, names: Iterable[str]) -> float:
+    """Fraction of exactly-zero values among the named parameters."""
+    params = dict(model.named_parameters())
+    total = zeros = 0
+    for name in names:
+        total += params[name].numel()
+        zeros += int((params[name] == 0).sum())
+    return zeros / total if total else 0.0
+
+
+class MaskKeeper:
+    """Re-applies masks after every ``optimizer.step()`` so pruned weights stay zero; ``remove()`` stops it."""
+
+    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], masks: Dict[str, torch.Tensor]):
+        self.model, self.masks = model, masks
+        apply_masks(model, masks)
+        self._hook = None
+        if optimizer is not None:
+            self._hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: apply_masks(self.model, self.masks))
+
+    def remove(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
