@@ -8,6 +8,7 @@ Each is a thin adapter over the library function that does the work.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Optional
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from .errors import ConfigError, InputError
 from .pruning import PruningPlan, apply_plan, prune_channels
+from .sparsity import apply_masks, magnitude_masks, nm_masks
 
 
 class PruneChannels(Transform):
@@ -49,3 +51,31 @@ class ApplyPlan(Transform):
 
     def __call__(self, network: nn.Module) -> nn.Module:
         return apply_plan(network, self.plan)
+
+
+class SparsifyMagnitude(Transform):
+    """``SparsifyMagnitude(sparsity=0.8, scope="global")(net)`` -> a copy of ``net`` with its smallest |w| zeroed."""
+
+    def __init__(self, sparsity: float, scope: str = "local", include_bias: bool = False) -> None:
+        self.sparsity, self.scope, self.include_bias = sparsity, scope, include_bias
+        self.masks: Dict[str, torch.Tensor] = {}
+
+    def __call__(self, network: nn.Module) -> nn.Module:
+        network = copy.deepcopy(network)
+        self.masks = magnitude_masks(network, self.sparsity, scope=self.scope, include_bias=self.include_bias)
+        apply_masks(network, self.masks)
+        return network
+
+
+class SparsifyNM(Transform):
+    """``SparsifyNM(2, 4)(net)`` -> a copy of ``net`` with N of every M input-channel weights kept."""
+
+    def __init__(self, n: int = 2, m: int = 4) -> None:
+        self.n, self.m = n, m
+        self.masks: Dict[str, torch.Tensor] = {}
+
+    def __call__(self, network: nn.Module) -> nn.Module:
+        network = copy.deepcopy(network)
+        self.masks = nm_masks(network, self.n, self.m)
+        apply_masks(network, self.masks)
+        return network

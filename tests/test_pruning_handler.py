@@ -97,3 +97,29 @@ def test_bad_handler_arguments():
     handler = PruningHandler(net, schedule=CubicSchedule(0.5, start_epoch=1, end_epoch=8), example_input=X)
     with pytest.raises(ConfigError, match="training stops at 4"):
         handler.attach(_trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), epochs=4))
+
+
+@pytest.mark.parametrize("method, schedule, kwargs", [
+    ("magnitude", LinearSchedule(final=0.8, start_epoch=1, end_epoch=2), {"scope": "global"}),
+    ("nm", LinearSchedule(final=0.5, start_epoch=1, end_epoch=1), {"nm": (2, 4)}),
+])
+def test_sparsity_methods_keep_zeros_through_training(method, schedule, kwargs, tmp_path):
+    net = small_unet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    trainer = _trainer(net, opt, epochs=3)
+    handler = PruningHandler(network=net, optimizer=opt, method=method, schedule=schedule, example_input=X, **kwargs)
+    handler.attach(trainer)
+    trainer.run()
+    metrics = trainer.state.metrics
+    assert metrics["prune_sparsity"] == pytest.approx(schedule.final, abs=0.01)  # measured after more training
+    assert metrics["prune_macs"] == mp.count_macs(small_unet(), X)  # zeros do not shrink dense MACs
+    # masks travel in the handler's state and load with weights_only=True
+    torch.save(handler.state_dict(), tmp_path / "h.pt")
+    fresh = PruningHandler(network=small_unet(), method=method, schedule=schedule, example_input=X, **kwargs)
+    fresh.load_state_dict(torch.load(tmp_path / "h.pt", weights_only=True))
+    assert set(fresh.masks) == set(handler.masks)
+
+
+def test_nm_schedule_must_match_n_over_m():
+    with pytest.raises(ConfigError, match="final sparsity"):
+        PruningHandler(small_unet(), method="nm", schedule=LinearSchedule(final=0.7, end_epoch=1), nm=(2, 4))

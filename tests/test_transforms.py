@@ -38,3 +38,17 @@ def test_transform_from_a_bundle_config(tmp_path):
 def test_transform_needs_an_example():
     with pytest.raises(ConfigError, match="example_input"):
         PruneChannels(ratio=0.5)
+
+
+def test_sparsify_transforms_compose_and_leave_the_input_alone():
+    from monai_prune.sparsity import measured_sparsity
+    from monai_prune.transforms import SparsifyMagnitude, SparsifyNM
+
+    net = small_unet()
+    magnitude = SparsifyMagnitude(0.6)
+    out = Compose([magnitude])(net)
+    assert measured_sparsity(out, magnitude.masks) == pytest.approx(0.6, abs=0.01)
+    assert measured_sparsity(net, magnitude.masks) < 0.01
+    nm = SparsifyNM(2, 4)
+    out = nm(net)
+    assert measured_sparsity(out, nm.masks) == pytest.approx(0.5, abs=0.01)

@@ -17,6 +17,7 @@ from ..pruning.inplace import prune_channels_inplace, rebuild_optimizer, replay_
 from ..pruning.monai_fixes import PRUNABLE_TYPES
 from ..pruning.plan import PruningPlan, architecture_signature
 from ..schedules import SparsitySchedule
+from ..sparsity import MaskKeeper, magnitude_masks, measured_sparsity, nm_masks
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -24,16 +25,20 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
-METHODS = ("channel",)
+METHODS = ("channel", "magnitude", "nm")
 
 
 class PruningHandler:
-    """Remove channels from ``network`` as training goes, following ``schedule``.
+    """Compress ``network`` as training goes, following ``schedule``.
 
-    At each step where the schedule's target rises, the channels needed to reach it are removed from the live
-    network (same module objects), the optimizer's parameter groups and state are rebuilt for the kept channels,
-    and ``engine.state.metrics`` gets ``prune_target``, ``prune_sparsity`` (measured fraction of prunable output
-    channels removed), ``prune_params`` and ``prune_macs``, so stock Stats/TensorBoard/MLflow handlers log them.
+    ``method="channel"``: at each step where the schedule's target rises, the channels needed to reach it are
+    removed from the live network (same module objects) and the optimizer's parameter groups and state are
+    rebuilt for the kept channels. ``method="magnitude"``: weights with the smallest |w| are masked to zero
+    (``scope`` local or global), the masks re-applied after every optimizer step. ``method="nm"``: N:M masks
+    (``nm=(2, 4)``) from the schedule's first step; the schedule's final sparsity must be 1 - N/M.
+    ``engine.state.metrics`` gets ``prune_target``, ``prune_sparsity`` (measured: fraction of prunable output
+    channels removed, or of weights zeroed), ``prune_params`` and ``prune_macs``, so stock
+    Stats/TensorBoard/MLflow handlers log them. Zeros do not reduce dense MACs, and the metrics say so.
 
     Args:
         network: the network the trainer trains.
@@ -41,8 +46,12 @@ class PruningHandler:
         method: ``"channel"`` (structured channel pruning).
         schedule: a :mod:`monai_prune.schedules` schedule; epoch schedules act on ``EPOCH_COMPLETED``,
             iteration schedules on ``ITERATION_COMPLETED``.
-        example_input: a tensor shaped like one network input (for tracing and MAC counts).
+        example_input: a tensor shaped like one network input (for tracing and MAC counts; required for
+            ``"channel"``).
         importance, round_to, ignore: passed to :func:`monai_prune.prune_channels`.
+        scope, include_bias: for ``"magnitude"``: per-layer (``"local"``) or one global threshold; biases too.
+        nm: ``(N, M)`` for ``"nm"``.
+        permanent: at the end of training stop re-applying masks (the zeros stay in the weights).
         name: logger name; default: the engine's logger.
 
     Checkpoints: ``state_dict()`` holds the accumulated plan and the schedule position. To resume, load the
@@ -60,27 +69,36 @@ class PruningHandler:
         importance: str = "l1",
         round_to: Optional[int] = None,
         ignore: Optional[List[str]] = None,
+        scope: str = "local",
+        include_bias: bool = False,
+        nm: tuple = (2, 4),
+        permanent: bool = True,
         name: Optional[str] = None,
     ) -> None:
         if not isinstance(network, nn.Module):
             raise InputError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         if method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {method!r} (unstructured and N:M sparsity "
-                              "handlers are not available yet)")
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if not isinstance(schedule, SparsitySchedule):
             raise ConfigError("schedule must be a monai_prune.schedules schedule, e.g. CubicSchedule(final=0.5, "
                               "start_epoch=1, end_epoch=8)")
-        if not isinstance(example_input, torch.Tensor):
+        if method == "channel" and not isinstance(example_input, torch.Tensor):
             raise ConfigError("example_input must be a tensor shaped like one network input (for tracing)")
+        if method == "nm" and abs(schedule.final - (1 - nm[0] / nm[1])) > 1e-6:
+            raise ConfigError(f"N:M {nm[0]}:{nm[1]} zeroes {1 - nm[0] / nm[1]:.3f} of the weights; give a schedule "
+                              f"whose final sparsity is that (got {schedule.final})")
         self.network, self.optimizer, self.method, self.schedule = network, optimizer, method, schedule
         self.example_input = example_input
         self.options: Dict[str, Any] = {"importance": importance, "round_to": round_to, "ignore": list(ignore or [])}
+        self.scope, self.include_bias, self.nm, self.permanent = scope, include_bias, tuple(nm), permanent
+        self.masks: Dict[str, torch.Tensor] = {}
+        self.keeper: Optional[MaskKeeper] = None
         self.logger = logging.getLogger(name) if name else None
         self.plan: Optional[PruningPlan] = None
         self.achieved = 0.0
         self.dense_signature = architecture_signature(network)
         self._widths0 = self._widths()
-        self._macs0 = count_macs(network, example_input)
+        self._macs0 = count_macs(network, example_input) if example_input is not None else 0
         self._params0 = count_params(network)
 
     # ------------------------------------------------------------------ ignite protocol
@@ -97,24 +115,48 @@ class PruningHandler:
             if max_epochs is not None and epoch_length is not None:
                 self.schedule.check_fits(max_epochs * epoch_length)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if self.method != "channel" and self.permanent:
+            engine.add_event_handler(Events.COMPLETED, self._make_permanent)
 
     def __call__(self, engine: Engine) -> None:
         step = engine.state.epoch if self.schedule.unit == "epoch" else engine.state.iteration
         target = self.schedule(step)
         if target > self.achieved + 1e-9:
-            ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
-            was_training = self.network.training
-            self.plan = prune_channels_inplace(self.network, self.example_input, ratio, optimizer=self.optimizer,
-                                               plan=self.plan, **self.options)
-            self.network.train(was_training)
+            self._compress(target)
             self.achieved = target
         metrics = self.measure()
         metrics["prune_target"] = target
         engine.state.metrics.update(metrics)
         if target > 0:
-            self.logger.info("%s %d: target sparsity %.3f, measured channel sparsity %.3f, MACs %.3gG, params %.3gM",
-                             self.schedule.unit, step, target, metrics["prune_sparsity"], metrics["prune_macs"] / 1e9,
-                             metrics["prune_params"] / 1e6)
+            self.logger.info("%s %d: %s target sparsity %.3f, measured %.3f, params %.3gM%s", self.schedule.unit, step,
+                             self.method, target, metrics["prune_sparsity"], metrics["prune_params"] / 1e6,
+                             f", MACs {metrics['prune_macs'] / 1e9:.3g}G" if "prune_macs" in metrics else "")
+
+    def _compress(self, target: float) -> None:
+        if self.method == "channel":
+            ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
+            was_training = self.network.training
+            self.plan = prune_channels_inplace(self.network, self.example_input, ratio, optimizer=self.optimizer,
+                                               plan=self.plan, **self.options)
+            self.network.train(was_training)
+            return
+        if self.method == "magnitude":
+            masks = magnitude_masks(self.network, target, scope=self.scope, include_bias=self.include_bias)
+        else:
+            masks = nm_masks(self.network, *self.nm)
+        self._keep(masks)
+
+    def _keep(self, masks: Dict[str, torch.Tensor]) -> None:
+        if self.keeper is not None:
+            self.keeper.remove()
+        self.masks = masks
+        self.keeper = MaskKeeper(self.network, self.optimizer, masks)
+
+    def _make_permanent(self, engine: Engine) -> None:
+        if self.keeper is not None:
+            self.keeper.remove()
+            self.logger.info("sparsity masks made permanent: %.3f of the masked weights are zero",
+                             measured_sparsity(self.network, self.masks))
 
     # ------------------------------------------------------------------ measurement
     def _widths(self) -> Dict[str, int]:
@@ -123,19 +165,25 @@ class PruningHandler:
 
     def measure(self) -> Dict[str, float]:
         """Measured now: channel sparsity over the prunable layers, params, MACs (and their ratios)."""
-        kept = set(self.plan.kept_layers) if self.plan else set()
-        now = self._widths()
-        names = [n for n in self._widths0 if n not in kept]
-        before = sum(self._widths0[n] for n in names)
-        sparsity = 1.0 - sum(now[n] for n in names) / before if before else 0.0
-        macs, params = count_macs(self.network, self.example_input), count_params(self.network)
-        return {"prune_sparsity": sparsity, "prune_macs": macs, "prune_params": params,
-                "prune_macs_ratio": macs / self._macs0, "prune_params_ratio": params / self._params0}
+        if self.method == "channel":
+            kept = set(self.plan.kept_layers) if self.plan else set()
+            now = self._widths()
+            names = [n for n in self._widths0 if n not in kept]
+            before = sum(self._widths0[n] for n in names)
+            sparsity = 1.0 - sum(now[n] for n in names) / before if before else 0.0
+        else:
+            sparsity = measured_sparsity(self.network, self.masks) if self.masks else 0.0
+        params = count_params(self.network)
+        result = {"prune_sparsity": sparsity, "prune_params": params, "prune_params_ratio": params / self._params0}
+        if self.example_input is not None:
+            macs = count_macs(self.network, self.example_input)  # dense MACs: zeros are still multiplied
+            result.update(prune_macs=macs, prune_macs_ratio=macs / self._macs0)
+        return result
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
         return {"plan": self.plan.to_json() if self.plan else "", "achieved": self.achieved,
-                "schedule": repr(self.schedule)}
+                "schedule": repr(self.schedule), "masks": dict(self.masks)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Replay the saved plan on the (freshly built, dense) network so its weights can load next."""
@@ -150,3 +198,5 @@ class PruningHandler:
             if self.optimizer is not None:
                 rebuild_optimizer(self.optimizer, old_names, before, self.network, plan)
         self.plan, self.achieved = plan, float(state.get("achieved", 0.0))
+        if state.get("masks"):
+            self._keep(dict(state["masks"]))
