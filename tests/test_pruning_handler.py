@@ -123,3 +123,34 @@ def test_sparsity_methods_keep_zeros_through_training(method, schedule, kwargs, 
 def test_nm_schedule_must_match_n_over_m():
     with pytest.raises(ConfigError, match="final sparsity"):
         PruningHandler(small_unet(), method="nm", schedule=LinearSchedule(final=0.7, end_epoch=1), nm=(2, 4))
+
+
+def _run_with_checkpoints(tmp_path, epochs, resume_from=None, stop_after=None):
+    torch.manual_seed(0)
+    net = small_unet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    trainer = _trainer(net, opt, epochs=epochs)
+    handler = PruningHandler(network=net, optimizer=opt, method="channel",
+                             schedule=CubicSchedule(final=0.6, start_epoch=1, end_epoch=4), example_input=X)
+    handler.attach(trainer)
+    objects = {"pruner": handler, "model": net, "optimizer": opt, "trainer": trainer}
+    if resume_from is not None:
+        CheckpointLoader(str(resume_from), objects, map_location="cpu").attach(trainer)
+    CheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=None, epoch_level=True).attach(trainer)
+    if stop_after is not None:  # the process dies after this epoch's checkpoint
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
+    trainer.run()
+    return net, handler
+
+
+def test_kill_and_resume_reaches_the_same_network(tmp_path):
+    """A run stopped after epoch 2 and resumed from its checkpoint ends like the uninterrupted run."""
+    straight, straight_handler = _run_with_checkpoints(tmp_path / "a", epochs=5)
+    _run_with_checkpoints(tmp_path / "b", epochs=5, stop_after=2)
+    checkpoint = next((tmp_path / "b").glob("*epoch=2*"))
+    resumed, resumed_handler = _run_with_checkpoints(tmp_path / "c", epochs=5, resume_from=checkpoint)
+    shapes = {k: v.shape for k, v in straight.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in resumed.state_dict().items()}
+    assert [s["kept"] for s in straight_handler.plan.steps] == [s["kept"] for s in resumed_handler.plan.steps]
+    assert resumed_handler.achieved == pytest.approx(0.6) == straight_handler.achieved
+    assert straight_handler.measure()["prune_sparsity"] == pytest.approx(resumed_handler.measure()["prune_sparsity"])

@@ -33,7 +33,7 @@ def architecture_signature(model: nn.Module) -> str:
 
 def _signature_of_shapes(shapes: Dict[str, List[int]]) -> str:
     digest = hashlib.sha256()
-    for key, shape in shapes.items():
+    for key, shape in sorted(shapes.items()):  # JSON (sort_keys) must not change the signature
         digest.update(f"{key}:{tuple(shape)};".encode())
     return digest.hexdigest()
 
