@@ -154,3 +154,20 @@ def test_kill_and_resume_reaches_the_same_network(tmp_path):
     assert [s["kept"] for s in straight_handler.plan.steps] == [s["kept"] for s in resumed_handler.plan.steps]
     assert resumed_handler.achieved == pytest.approx(0.6) == straight_handler.achieved
     assert straight_handler.measure()["prune_sparsity"] == pytest.approx(resumed_handler.measure()["prune_sparsity"])
+
+
+def test_compression_stats_follow_the_shrinking_network():
+    from monai_prune.handlers import CompressionStatsHandler
+
+    net = small_unet()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    trainer = _trainer(net, opt, epochs=2)
+    PruningHandler(network=net, optimizer=opt, schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=1),
+                   example_input=X).attach(trainer)
+    CompressionStatsHandler(network=net, example_input=X).attach(trainer)
+    trainer.run()
+    m = trainer.state.metrics
+    assert m["model_params"] == mp.count_params(net) and m["model_macs"] == mp.count_macs(net, X)
+    assert m["model_params_ratio"] < 0.35 and m["model_size_bytes"] > 0 and m["model_zero_fraction"] < 0.01
+    with pytest.raises(ConfigError, match="event must be"):
+        CompressionStatsHandler(net, X, event="WHENEVER")
