@@ -3,5 +3,6 @@
 from .compression_stats_handler import CompressionStatsHandler
 from .distillation_handler import DistillationHandler
 from .pruning_handler import PruningHandler
+from .regularization_handler import SparsityRegularizationHandler
 
-__all__ = ["CompressionStatsHandler", "DistillationHandler", "PruningHandler"]
+__all__ = ["CompressionStatsHandler", "DistillationHandler", "PruningHandler", "SparsityRegularizationHandler"]
