@@ -127,15 +127,14 @@ def run_demo(config: DemoConfig) -> Dict[str, Any]:
     best_dice = segmentation_dice(predictors["pruned"][best], val, roi=config.infer_roi)["mean_dice"]
     eager = latency["dense"]["torch"]
 
-    example_bench = torch.zeros(1, 1, *config.bench_roi)
     results = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "dense": {"mean_dice": dense_dice["mean_dice"], "per_case_dice": dense_dice["per_case"],
-                  "macs": count_macs(dense, example_bench), "params": count_params(dense),
+                  "macs": count_macs(dense, bench_example), "params": count_params(dense),
                   "size_bytes": file_size(art["dense"]["model.pt"]), "latency_s": latency["dense"],
                   "final_loss": losses[-1] if losses else None},
         "pruned": {"mean_dice": pruned_dice["mean_dice"], "per_case_dice": pruned_dice["per_case"],
-                   "dice_before_finetune": dice_after_prune, "macs": count_macs(pruned, example_bench),
+                   "dice_before_finetune": dice_after_prune, "macs": count_macs(pruned, bench_example),
                    "params": count_params(pruned), "size_bytes": file_size(art["pruned"]["model.pt"]),
                    "latency_s": latency["pruned"], "final_loss": ft_losses[-1] if ft_losses else None,
                    "best_backend": best, "dice_best_backend": best_dice, "plan_checksum": plan.checksum,

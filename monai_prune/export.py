@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ExportError, InputError
-from .utils import atomic_path, run_forward
+from .utils import atomic_path, first_output, run_forward
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ class ExportResult:
         return dict(self.__dict__)
 
 
-def _first(output):
-    return output[0] if isinstance(output, (list, tuple)) else output
-
-
 def _probe(example_input: torch.Tensor) -> torch.Tensor:
     """A seeded random tensor shaped like the example: an all-zero example through instance norm amplifies
     rounding noise and would make the comparison meaningless."""
@@ -52,7 +48,7 @@ def _probe(example_input: torch.Tensor) -> torch.Tensor:
 
 def _reference(model: nn.Module, example_input) -> torch.Tensor:
     with torch.no_grad():
-        return _first(run_forward(model, example_input)).detach().float().cpu()
+        return first_output(run_forward(model, example_input)).detach().float().cpu()
 
 
 def _check_args(model, example_input, path) -> nn.Module:
@@ -95,7 +91,7 @@ def export_torchscript(
             loaded = torch.jit.load(str(tmp), map_location="cpu")
             probe = _probe(example_input)
             with torch.no_grad():
-                got = _first(loaded(probe)).float()
+                got = first_output(loaded(probe)).float()
             diff = float((got - _reference(net.cpu(), probe)).abs().max())
             if not diff <= atol:
                 raise ExportError(f"TorchScript export differs from the PyTorch model by {diff:.3g} (> {atol}); not written")

@@ -21,7 +21,7 @@ import math
 import os
 import statistics
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import InputError
+from .layers import CONV_TRANSPOSE_TYPES as _CONV_T
 from .utils import run_forward
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _layer_macs(module: nn.Module, inputs, output) -> int:
@@ -187,12 +187,3 @@ def sliding_window_latency(
             sliding_window_inference(volume, roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode)
 
     return time_call(run, repeats=repeats, warmup=warmup)
-
-
-def summarize(model: nn.Module, example_input, path: Optional[str] = None) -> Dict[str, int]:
-    """MACs, parameters and serialized size in one dict (``size_bytes`` from ``path`` when given)."""
-    return {
-        "macs": count_macs(model, example_input),
-        "params": count_params(model),
-        "size_bytes": file_size(path) if path else state_dict_bytes(model),
-    }

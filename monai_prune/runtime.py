@@ -25,6 +25,7 @@ from torch import nn
 from .errors import BackendUnavailableError, ConfigError, InputError
 from .export import export_onnx, export_openvino
 from .measure import time_call
+from .utils import first_output
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,7 @@ class Predictor:
 
         def run(x):
             with torch.no_grad():
-                out = module(x.to(device))
-            return out[0] if isinstance(out, (list, tuple)) else out
+                return first_output(module(x.to(device)))
 
         return run
 

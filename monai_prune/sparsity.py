@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .pruning.monai_fixes import PRUNABLE_TYPES
+from .layers import CONV_TRANSPOSE_TYPES, PRUNABLE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,10 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable
     masks: Dict[str, torch.Tensor] = {}
     skipped: List[str] = []
     _targets(model, names, include_bias=False)  # validates the names
-    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     for layer in names:
         name = f"{layer}.weight" if layer else "weight"
         w = modules[layer].weight.detach()
-        in_dim = 0 if isinstance(modules[layer], transposed) else 1  # ConvTranspose weights are (in, out, ...)
+        in_dim = 0 if isinstance(modules[layer], CONV_TRANSPOSE_TYPES) else 1  # ConvTranspose weights are (in, out, ...)
         channels = w.shape[in_dim]
         if channels < m:
             skipped.append(name)

@@ -13,7 +13,6 @@ from typing import Dict, Iterator
 from torch import nn
 
 
-
 def library_versions() -> Dict[str, str]:
     versions = {}
     for dist in ("monai-prune", "torch", "monai", "torch-pruning", "onnx", "onnxruntime", "openvino"):
@@ -64,6 +63,11 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def first_output(output):
+    """The tensor a network returned, or the first of several (deep supervision, tuples)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 def run_forward(model: nn.Module, example_input):

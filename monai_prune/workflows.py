@@ -17,18 +17,18 @@ from .data import ct_transforms
 logger = logging.getLogger(__name__)
 
 
-def spleen_unet(channels: Sequence[int] = (16, 32, 64, 128, 256), norm: str = "batch") -> nn.Module:
-    """The network of the MONAI model-zoo ``spleen_ct_segmentation`` bundle (2 classes, 2 residual units)."""
-    from monai.networks.nets import UNet
-
-    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=tuple(channels), strides=(2, 2, 2, 2),
-                num_res_units=2, norm=norm)
-
-
 SPLEEN_UNET_DEF = {
     "_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
     "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch",
 }
+
+
+def spleen_unet(channels: Sequence[int] = (16, 32, 64, 128, 256), norm: str = "batch") -> nn.Module:
+    """The network of the MONAI model-zoo ``spleen_ct_segmentation`` bundle (``SPLEEN_UNET_DEF``)."""
+    from monai.networks.nets import UNet
+
+    args = {k: v for k, v in SPLEEN_UNET_DEF.items() if k != "_target_"}
+    return UNet(**{**args, "channels": tuple(channels), "strides": tuple(args["strides"]), "norm": norm})
 
 
 def train_segmentation(

@@ -10,7 +10,9 @@ from monai.utils import optional_import
 from torch import nn
 
 from ..errors import ConfigError, InputError
+from ..layers import PRUNABLE_TYPES
 from ..measure import count_macs, count_params, state_dict_bytes
+from ..sparsity import measured_sparsity
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -53,13 +55,10 @@ class CompressionStatsHandler:
         engine.add_event_handler(getattr(Events, self.event), self)
 
     def measure(self) -> dict:
-        weights = [m.weight for m in self.network.modules()
-                   if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                                     nn.ConvTranspose3d, nn.Linear))]
-        total = sum(w.numel() for w in weights)
-        zeros = sum(int((w == 0).sum()) for w in weights)
+        weights = [f"{n}.weight" if n else "weight" for n, m in self.network.named_modules()
+                   if isinstance(m, PRUNABLE_TYPES)]
         return {"params": count_params(self.network), "macs": count_macs(self.network, self.example_input),
-                "size_bytes": state_dict_bytes(self.network), "zero_fraction": zeros / total if total else 0.0}
+                "size_bytes": state_dict_bytes(self.network), "zero_fraction": measured_sparsity(self.network, weights)}
 
     def __call__(self, engine: Engine) -> None:
         now = self.measure()

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..distill import DistillationLoss, Schedulable
 from ..errors import ConfigError, InputError
+from ..utils import first_output
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -68,8 +69,7 @@ class DistillationHandler:
             return
         with torch.no_grad():
             teacher_out = self.teacher.to(inputs[0].device)(inputs[0])
-            student_out = output[0] if isinstance(output, (list, tuple)) else output
-            self._agree += int((teacher_out.argmax(1) == student_out.argmax(1)).sum())
+            self._agree += int((teacher_out.argmax(1) == first_output(output).argmax(1)).sum())
             self._total += teacher_out.argmax(1).numel()
         self.loss.teacher_output = teacher_out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -12,9 +11,9 @@ from monai.utils import optional_import
 from torch import nn
 
 from ..errors import ConfigError, InputError, PlanMismatchError
+from ..layers import PRUNABLE_TYPES, layer_out_dim
 from ..measure import count_macs, count_params
-from ..pruning.inplace import prune_channels_inplace, rebuild_optimizer, replay_steps
-from ..pruning.monai_fixes import PRUNABLE_TYPES
+from ..pruning.inplace import apply_plan_inplace, prune_channels_inplace
 from ..pruning.plan import PruningPlan, architecture_signature
 from ..schedules import SparsitySchedule
 from ..sparsity import MaskKeeper, magnitude_masks, measured_sparsity, nm_masks
@@ -54,7 +53,7 @@ class PruningHandler:
         permanent: at the end of training stop re-applying masks (the zeros stay in the weights).
         name: logger name; default: the engine's logger.
 
-    Checkpoints: ``state_dict()`` holds the accumulated plan and the schedule position. To resume, load the
+    Checkpoints: ``state_dict()`` holds the accumulated plan, the sparsity reached and any masks. To resume, load the
     handler's state before the network's weights (``CheckpointLoader(load_dict={"pruner": handler, "model":
     net, "optimizer": opt})``): it replays the plan on the freshly built network first.
     """
@@ -96,7 +95,7 @@ class PruningHandler:
         self.logger = logging.getLogger(name) if name else None
         self.plan: Optional[PruningPlan] = None
         self.achieved = 0.0
-        self.dense_signature = architecture_signature(network)
+        self._cost: Optional[Dict[str, float]] = None  # params/MACs, measured again only when the network changes
         self._widths0 = self._widths()
         self._macs0 = count_macs(network, example_input) if example_input is not None else 0
         self._params0 = count_params(network)
@@ -124,6 +123,7 @@ class PruningHandler:
         if target > self.achieved + 1e-9:
             self._compress(target)
             self.achieved = target
+            self._cost = None
         metrics = self.measure()
         metrics["prune_target"] = target
         engine.state.metrics.update(metrics)
@@ -160,8 +160,7 @@ class PruningHandler:
 
     # ------------------------------------------------------------------ measurement
     def _widths(self) -> Dict[str, int]:
-        return {n: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
-                for n, m in self.network.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+        return {n: layer_out_dim(m) for n, m in self.network.named_modules() if isinstance(m, PRUNABLE_TYPES)}
 
     def measure(self) -> Dict[str, float]:
         """Measured now: channel sparsity over the prunable layers, params, MACs (and their ratios)."""
@@ -173,17 +172,17 @@ class PruningHandler:
             sparsity = 1.0 - sum(now[n] for n in names) / before if before else 0.0
         else:
             sparsity = measured_sparsity(self.network, self.masks) if self.masks else 0.0
-        params = count_params(self.network)
-        result = {"prune_sparsity": sparsity, "prune_params": params, "prune_params_ratio": params / self._params0}
-        if self.example_input is not None:
-            macs = count_macs(self.network, self.example_input)  # dense MACs: zeros are still multiplied
-            result.update(prune_macs=macs, prune_macs_ratio=macs / self._macs0)
-        return result
+        if self._cost is None:  # a forward pass: not on every iteration, only after the network changed
+            params = count_params(self.network)
+            self._cost = {"prune_params": params, "prune_params_ratio": params / self._params0}
+            if self.example_input is not None:
+                macs = count_macs(self.network, self.example_input)  # dense MACs: zeros are still multiplied
+                self._cost.update(prune_macs=macs, prune_macs_ratio=macs / self._macs0)
+        return {"prune_sparsity": sparsity, **self._cost}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        return {"plan": self.plan.to_json() if self.plan else "", "achieved": self.achieved,
-                "schedule": repr(self.schedule), "masks": dict(self.masks)}
+        return {"plan": self.plan.to_json() if self.plan else "", "achieved": self.achieved, "masks": dict(self.masks)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Replay the saved plan on the (freshly built, dense) network so its weights can load next."""
@@ -192,11 +191,7 @@ class PruningHandler:
             if architecture_signature(self.network) != plan.source_signature:
                 raise PlanMismatchError("the checkpoint's pruning plan does not fit this network: build the same "
                                         "dense network the checkpointed run started from")
-            old_names = {id(p): n for n, p in self.network.named_parameters()}
-            before = copy.deepcopy(self.network)
-            replay_steps(self.network, plan)
-            if self.optimizer is not None:
-                rebuild_optimizer(self.optimizer, old_names, before, self.network, plan)
-        self.plan, self.achieved = plan, float(state.get("achieved", 0.0))
+            apply_plan_inplace(self.network, plan, self.optimizer)
+        self.plan, self.achieved, self._cost = plan, float(state.get("achieved", 0.0)), None
         if state.get("masks"):
             self._keep(dict(state["masks"]))

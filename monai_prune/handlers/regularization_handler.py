@@ -10,7 +10,7 @@ from monai.utils import optional_import
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..pruning.monai_fixes import PRUNABLE_TYPES
+from ..layers import CONV_TRANSPOSE_TYPES, PRUNABLE_TYPES
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def sparsity_penalty(network: nn.Module, kind: str, skip: Optional[List[str]] = 
             if kind == "l1":
                 terms.append(w.abs().sum())
             else:
-                out_dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+                out_dim = 1 if isinstance(module, CONV_TRANSPOSE_TYPES) else 0
                 terms.append(w.movedim(out_dim, 0).flatten(1).norm(dim=1).sum())
     if not terms:
         raise ConfigError(f"the network has no layer for the {kind!r} penalty")

@@ -20,9 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InputError, PruningError
+from ..layers import PRUNABLE_TYPES
 from ..measure import count_macs, count_params
+from ..utils import first_output, run_forward
 from .monai_fixes import (
-    PRUNABLE_TYPES,
     ChannelCountingPReLUPruner,
     FrozenBlockPruner,
     decouple_channel_broadcasts,
@@ -31,8 +32,8 @@ from .monai_fixes import (
     find_output_head,
     find_transformer_blocks,
     output_channels,
+    record_widths,
 )
-from ..utils import run_forward
 from .plan import PruningPlan, architecture_signature, state_shapes
 
 logger = logging.getLogger(__name__)
@@ -128,8 +129,9 @@ def _check_example_input(model: nn.Module, example_input) -> None:
         )
 
 
-def _locate_failure(model: nn.Module, example_input) -> Tuple[Optional[str], str]:
-    """Run a forward pass and name the first layer that raised or produced a non-finite output."""
+def _run_and_locate_failure(model: nn.Module, example_input) -> Tuple[Any, Optional[str], str]:
+    """Run a forward pass; returns ``(output, layer, why)`` naming the first layer that raised or produced a
+    non-finite output (``layer`` None and ``why`` empty when all is well)."""
     names = {m: n for n, m in model.named_modules()}
     current: List[str] = []
     bad: List[str] = []
@@ -146,10 +148,10 @@ def _locate_failure(model: nn.Module, example_input) -> Tuple[Optional[str], str
         hooks.append(module.register_forward_hook(check))
     try:
         with torch.no_grad():
-            run_forward(model, example_input)
-        return (bad[0], "produced non-finite values") if bad else (None, "")
+            output = run_forward(model, example_input)
+        return (output, bad[0], "produced non-finite values") if bad else (output, None, "")
     except Exception as e:  # the point is to report where it broke
-        return (current[-1] if current else None), f"raised {type(e).__name__}: {e}"
+        return None, (current[-1] if current else None), f"raised {type(e).__name__}: {e}"
     finally:
         for h in hooks:
             h.remove()
@@ -205,28 +207,22 @@ def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig
     work = copy.deepcopy(model).eval()
     inplace_flags = {m: m.inplace for m in work.modules() if isinstance(getattr(m, "inplace", None), bool)}
     disable_inplace(work)
-    with torch.no_grad():
-        reference = run_forward(work, example_input)
-    ref = reference[0] if isinstance(reference, (list, tuple)) else reference
-
     ignore_names = list(config.ignore)
-    head = find_output_head(work, output_channels(reference))
     transformer_blocks = find_transformer_blocks(work)
+    prelu = ChannelCountingPReLUPruner()
+    frozen = FrozenBlockPruner({type(m) for n, m in work.named_modules() if n in transformer_blocks})
+    reference = record_widths(work, example_input, prelu, frozen)  # also the reference output
+    ref = first_output(reference)
+    head = find_output_head(work, output_channels(reference))
     ignored = _resolve_names(work, ignore_names + head + transformer_blocks, "ignore")
     if transformer_blocks:
         logger.info("left intact (attention/MLP pruning of transformer blocks is not supported yet): %s",
                     ", ".join(f"{n} ({type(ignored[n]).__name__})" for n in transformer_blocks))
     logger.debug("output head kept whole: %s", head)
 
-    prelu = ChannelCountingPReLUPruner()
-    prelu.record(work, example_input)
     if config.importance == "taylor":
         _accumulate_taylor_gradients(work, batches, loss_fn)
-    customized = {nn.PReLU: prelu}
-    frozen = FrozenBlockPruner({type(ignored[n]) for n in transformer_blocks})
-    if transformer_blocks:
-        frozen.record(work, example_input)
-        customized.update({t: frozen for t in frozen.block_types})
+    customized = {nn.PReLU: prelu, **{t: frozen for t in frozen.block_types}}
     ratio_dict = {m: config.layer_ratios[n] for n, m in _resolve_names(work, config.layer_ratios, "layer_ratios").items()}
     not_layers = [n for n, m in zip(config.layer_ratios, ratio_dict) if not isinstance(m, PRUNABLE_TYPES)]
     if not_layers:
@@ -262,12 +258,10 @@ def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig
     for module, flag in inplace_flags.items():
         module.inplace = flag
 
-    layer, why = _locate_failure(work, example_input)
+    out, layer, why = _run_and_locate_failure(work, example_input)
     if layer is not None or why:
         raise PruningError(f"the pruned network no longer runs: layer {layer!r} {why}; add it to ignore=[...] and retry")
-    with torch.no_grad():
-        out = run_forward(work, example_input)
-    out = out[0] if isinstance(out, (list, tuple)) else out
+    out = first_output(out)
     if out.shape != ref.shape or out.dtype != ref.dtype:
         raise PruningError(
             f"pruning changed the output from {tuple(ref.shape)} {ref.dtype} to {tuple(out.shape)} {out.dtype}; "
@@ -329,16 +323,11 @@ def prune_channels(
     _check_example_input(model, example_input)
     was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            run_forward(model, example_input)
+        macs0 = count_macs(model, example_input)  # one eval-mode forward pass: also checks the input fits
     except Exception as e:
         raise InputError(f"the network cannot run on an example_input of shape "
                          f"{tuple(getattr(example_input, 'shape', ()))}: {type(e).__name__}: {e}") from e
-    finally:
-        model.train(was_training)
-
-    macs0, params0 = count_macs(model, example_input), count_params(model)
+    params0 = count_params(model)
     if config.ratio is not None:
         pruned, plan = _prune_once(model, example_input, config.ratio, config, batches, loss_fn, network_def)
     else:

@@ -18,19 +18,7 @@ from torch import nn
 
 from ..errors import PlanMismatchError
 from .channel import prune_channels
-from .plan import PruningPlan, replay_op, state_shapes
-
-
-def replay_steps(model: nn.Module, plan: PruningPlan) -> None:
-    """Replay ``plan`` on ``model`` itself (no copy), then check every shape against the plan."""
-    modules = dict(model.named_modules())
-    for step in plan.steps:
-        for op in step["ops"]:
-            replay_op(model, op, modules)
-    shapes = state_shapes(model)
-    for key, shape in plan.pruned_shapes.items():
-        if shapes.get(key) != shape:
-            raise PlanMismatchError(f"after replaying the plan, {key} has shape {shapes.get(key)}, expected {shape}")
+from .plan import PruningPlan, replay_steps
 
 
 def _prune_state_like_params(before: nn.Module, plan: PruningPlan, values: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -54,10 +42,7 @@ def rebuild_optimizer(
     ``before`` is a copy of the network taken before pruning; ``after`` is the pruned live network.
     """
     new_params = dict(after.named_parameters())
-    for group in optimizer.param_groups:
-        if any(id(p) not in old_names or old_names[id(p)] not in new_params for p in group["params"]):
-            raise PlanMismatchError("the optimizer holds parameters that are not the network's; build it from "
-                                    "network.parameters()")
+    _check_optimizer(optimizer, old_names)
     # state tensors shaped like their parameter are pruned like it; scalars (Adam's step) are kept
     per_key: Dict[str, Dict[str, torch.Tensor]] = {}
     scalars: Dict[str, Dict[str, object]] = {}
@@ -83,6 +68,23 @@ def rebuild_optimizer(
     optimizer.state.update(new_state)
 
 
+def _check_optimizer(optimizer: torch.optim.Optimizer, names: Dict[int, str]) -> None:
+    if any(id(p) not in names for g in optimizer.param_groups for p in g["params"]):
+        raise PlanMismatchError("the optimizer holds parameters that are not the network's; build it from "
+                                "network.parameters() (nothing was pruned)")
+
+
+def apply_plan_inplace(model: nn.Module, plan: PruningPlan, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Replay ``plan`` on ``model`` itself and, with ``optimizer``, rebuild its groups and state to match."""
+    old_names = {id(p): n for n, p in model.named_parameters()}
+    if optimizer is not None:
+        _check_optimizer(optimizer, old_names)
+    before = copy.deepcopy(model) if optimizer is not None else None
+    replay_steps(model, plan)
+    if optimizer is not None:
+        rebuild_optimizer(optimizer, old_names, before, model, plan)
+
+
 def prune_channels_inplace(
     model: nn.Module,
     example_input,
@@ -97,13 +99,8 @@ def prune_channels_inplace(
     (what earlier steps returned), the new steps are appended so one plan rebuilds the final network from the
     original constructor.
     """
-    old_names = {id(p): n for n, p in model.named_parameters()}
-    if optimizer is not None and any(id(p) not in old_names for g in optimizer.param_groups for p in g["params"]):
-        raise PlanMismatchError("the optimizer holds parameters that are not the network's; build it from "
-                                "network.parameters() (nothing was pruned)")
-    before = copy.deepcopy(model)
-    _, step_plan = prune_channels(model, example_input, ratio=ratio, **options)
-    replay_steps(model, step_plan)
     if optimizer is not None:
-        rebuild_optimizer(optimizer, old_names, before, model, step_plan)
+        _check_optimizer(optimizer, {id(p): n for n, p in model.named_parameters()})
+    _, step_plan = prune_channels(model, example_input, ratio=ratio, **options)
+    apply_plan_inplace(model, step_plan, optimizer)
     return plan.extend(step_plan) if plan is not None else step_plan

@@ -32,11 +32,11 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..utils import run_forward
+from ..layers import layer_out_dim
+from ..utils import first_output, run_forward
 
 logger = logging.getLogger(__name__)
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 # Class names of blocks whose head/MLP pruning is a later capability: they are kept whole.
 _TRANSFORMER_NAMES = re.compile(
@@ -58,19 +58,10 @@ def disable_inplace(model: nn.Module) -> int:
 
 def output_channels(output) -> int:
     """Channel count (dim 1) of a network output; tuples/lists (deep supervision) use their first tensor."""
-    if isinstance(output, (list, tuple)):
-        output = output[0]
+    output = first_output(output)
     if not isinstance(output, torch.Tensor) or output.dim() < 2:
         raise TypeError(f"expected the network to return a tensor of shape (B, C, ...), got {type(output).__name__}")
     return int(output.shape[1])
-
-
-def layer_out_dim(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, PRUNABLE_TYPES):
-        return module.out_channels
-    return None
 
 
 def find_output_head(model: nn.Module, num_outputs: int) -> List[str]:
@@ -95,7 +86,7 @@ def find_transformer_blocks(model: nn.Module) -> List[str]:
 
 
 class _WidthRecorder:
-    """Remembers the channel width (dim 1) each selected module saw in one real forward pass."""
+    """Remembers the channel width (dim 1) each selected module saw in a real forward pass (:func:`record_widths`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,26 +96,29 @@ class _WidthRecorder:
     def wants(self, module: nn.Module) -> bool:
         raise NotImplementedError
 
-    def record(self, model: nn.Module, example_input) -> None:
-        def first_tensor(x):
-            while isinstance(x, (list, tuple)) and x:
-                x = x[0]
-            return x if isinstance(x, torch.Tensor) and x.dim() > 1 else None
+    def hook(self, module: nn.Module, inputs, output) -> None:
+        x, y = _first_tensor(inputs), _first_tensor(output)
+        if x is not None:
+            self.in_widths[id(module)] = int(x.shape[1])
+        if y is not None:
+            self.out_widths[id(module)] = int(y.shape[1])
 
-        def hook(module, inputs, output):
-            x, y = first_tensor(inputs), first_tensor(output)
-            if x is not None:
-                self.in_widths[id(module)] = int(x.shape[1])
-            if y is not None:
-                self.out_widths[id(module)] = int(y.shape[1])
 
-        hooks = [m.register_forward_hook(hook) for m in model.modules() if self.wants(m)]
-        try:
-            with torch.no_grad():
-                run_forward(model, example_input)
-        finally:
-            for h in hooks:
-                h.remove()
+def _first_tensor(x):
+    while isinstance(x, (list, tuple)) and x:
+        x = x[0]
+    return x if isinstance(x, torch.Tensor) and x.dim() > 1 else None
+
+
+def record_widths(model: nn.Module, example_input, *recorders: _WidthRecorder):
+    """One forward pass that fills every recorder's widths; returns the network's output."""
+    hooks = [m.register_forward_hook(r.hook) for r in recorders for m in model.modules() if r.wants(m)]
+    try:
+        with torch.no_grad():
+            return run_forward(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 class FrozenBlockPruner(_WidthRecorder, tp.pruner.function.BasePruningFunc):
@@ -197,7 +191,7 @@ class ChannelCountingPReLUPruner(_WidthRecorder, tp.pruner.function.PReLUPruner)
 
     A ``PReLU(num_parameters=1)`` has no per-channel weight, so torch-pruning returns ``None`` as its channel
     count and the concat index mapping of MONAI's ``UNet`` skip connections crashes. The widths are recorded in
-    one forward pass (:meth:`record`) and updated as channels are removed; the shared slope itself is never cut.
+    one forward pass (:func:`record_widths`) and updated as channels are removed; the shared slope itself is never cut.
     """
 
     def wants(self, module: nn.Module) -> bool:

@@ -179,13 +179,18 @@ def apply_plan(model: nn.Module, plan: PruningPlan | str | os.PathLike, strict: 
             "build the network with the same constructor arguments as the one that was pruned"
         )
     pruned = copy.deepcopy(model)
-    modules = dict(pruned.named_modules())
+    replay_steps(pruned, plan, strict=strict)
+    return pruned
+
+
+def replay_steps(model: nn.Module, plan: PruningPlan, strict: bool = True) -> None:
+    """Replay ``plan`` on ``model`` itself (no copy, no signature check); with ``strict`` check every shape."""
+    modules = dict(model.named_modules())
     for step in plan.steps:
         for op in step["ops"]:
-            replay_op(pruned, op, modules)
+            replay_op(model, op, modules)
     if strict:
-        shapes = state_shapes(pruned)
+        shapes = state_shapes(model)
         for key, shape in plan.pruned_shapes.items():
             if shapes.get(key) != shape:
                 raise PlanMismatchError(f"after replaying the plan, {key} has shape {shapes.get(key)}, the plan expects {shape}")
-    return pruned
