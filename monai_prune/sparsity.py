@@ -52,18 +52,33 @@ def _keep_largest(values: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(values)
 
 
+def _scored(params: Dict[str, torch.Tensor], scores: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """|w| per parameter, or the given importance scores (e.g. accumulated Taylor |w * dL/dw|) where present."""
+    if scores is None:
+        return {name: p.detach().abs() for name, p in params.items()}
+    bad = [n for n, p in params.items() if n in scores and scores[n].shape != p.shape]
+    if bad:
+        raise ConfigError(f"importance scores do not match the parameter shapes of {bad[:5]}")
+    return {name: (scores[name].to(p.device) if name in scores else p.detach().abs()) for name, p in params.items()}
+
+
 def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "local", layers: Optional[Iterable[str]] = None,
-                    include_bias: bool = False) -> Dict[str, torch.Tensor]:
-    """Masks zeroing the ``sparsity`` fraction of smallest-magnitude weights, per layer or globally."""
+                    include_bias: bool = False, scores: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """Masks zeroing the ``sparsity`` fraction of least important weights, per layer or globally.
+
+    Importance is |w|, or ``scores`` (per-parameter tensors shaped like the weights, e.g. the accumulated Taylor
+    scores of :class:`monai_prune.importance.TaylorAccumulator`).
+    """
     if not isinstance(sparsity, (int, float)) or not (0.0 <= sparsity < 1.0):
         raise ConfigError(f"sparsity must be in [0, 1) (the fraction of weights zeroed), got {sparsity!r}")
     if scope not in ("local", "global"):
         raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
     params = _targets(model, layers, include_bias)
     with torch.no_grad():
+        values = _scored(params, scores)
         if scope == "local":
-            return {name: _keep_largest(p.detach(), sparsity) for name, p in params.items()}
-        flat = torch.cat([p.detach().abs().flatten() for p in params.values()])
+            return {name: _keep_largest(v, sparsity) for name, v in values.items()}
+        flat = torch.cat([v.flatten() for v in values.values()])
         keep = _keep_largest(flat, sparsity)
         masks, offset = {}, 0
         for name, p in params.items():
@@ -72,8 +87,10 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "local", lay
         return masks
 
 
-def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
-    """N:M masks along input channels: in each run of ``m`` input channels keep the ``n`` largest |w|.
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable[str]] = None,
+             scores: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """N:M masks along input channels: in each run of ``m`` input channels keep the ``n`` largest |w|
+    (or largest ``scores``, per-parameter tensors shaped like the weights).
 
     Layers with fewer than ``m`` input channels per group (e.g. the first convolution of a 1-channel CT net)
     are skipped; a layer with more that ``m`` does not divide is an error.
@@ -84,10 +101,10 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable
     names = list(layers) if layers is not None else [k for k, v in modules.items() if isinstance(v, PRUNABLE_TYPES)]
     masks: Dict[str, torch.Tensor] = {}
     skipped: List[str] = []
-    _targets(model, names, include_bias=False)  # validates the names
+    values = _scored(_targets(model, names, include_bias=False), scores)  # also validates the names
     for layer in names:
         name = f"{layer}.weight" if layer else "weight"
-        w = modules[layer].weight.detach()
+        w = values[name]
         in_dim = 0 if isinstance(modules[layer], CONV_TRANSPOSE_TYPES) else 1  # ConvTranspose weights are (in, out, ...)
         channels = w.shape[in_dim]
         if channels < m:
@@ -97,7 +114,7 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable
             raise ConfigError(f"N:M sparsity {n}:{m}: {name} has {channels} input channels, which {m} does not "
                               f"divide; leave the layer out (layers=[...]) or choose M among its divisors")
         moved = w.movedim(in_dim, -1)  # (..., in)
-        groups = moved.reshape(*moved.shape[:-1], channels // m, m).abs()
+        groups = moved.reshape(*moved.shape[:-1], channels // m, m)
         top = groups.topk(n, dim=-1).indices
         keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
         masks[name] = keep.reshape(moved.shape).movedim(-1, in_dim)

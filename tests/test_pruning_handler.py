@@ -94,9 +94,21 @@ def test_bad_handler_arguments():
         PruningHandler(net, method="lottery", schedule=CubicSchedule(0.5, end_epoch=2), example_input=X)
     with pytest.raises(ConfigError, match="schedule must be"):
         PruningHandler(net, schedule=0.5, example_input=X)
-    handler = PruningHandler(net, schedule=CubicSchedule(0.5, start_epoch=1, end_epoch=8), example_input=X)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    handler = PruningHandler(net, opt, schedule=CubicSchedule(0.5, start_epoch=1, end_epoch=8), example_input=X)
     with pytest.raises(ConfigError, match="training stops at 4"):
-        handler.attach(_trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), epochs=4))
+        handler.attach(_trainer(net, opt, epochs=4))
+    fits = CubicSchedule(0.5, start_epoch=1, end_epoch=2)
+    with pytest.raises(ConfigError, match="needs optimizer="):
+        PruningHandler(net, schedule=fits, example_input=X).attach(_trainer(net, opt, epochs=4))
+    with pytest.raises(ConfigError, match="different optimizer"):
+        PruningHandler(net, torch.optim.SGD(net.parameters(), lr=0.1), schedule=fits,
+                       example_input=X).attach(_trainer(net, opt, epochs=4))
+    other = small_unet()
+    with pytest.raises(ConfigError, match="different network"):
+        PruningHandler(other, opt, schedule=fits, example_input=X).attach(_trainer(net, opt, epochs=4))
+    with pytest.raises(ConfigError, match="importance for method='magnitude'"):
+        PruningHandler(net, opt, method="magnitude", schedule=fits, importance="bn_scale")
 
 
 @pytest.mark.parametrize("method, schedule, kwargs", [

@@ -11,6 +11,7 @@ from monai.utils import optional_import
 from torch import nn
 
 from ..distill import DistillationLoss, Schedulable
+from ..distributed import unwrap_ddp
 from ..errors import ConfigError, InputError
 from ..utils import first_output
 
@@ -41,8 +42,8 @@ class DistillationHandler:
                  temperature: Schedulable = 2.0, name: Optional[str] = None) -> None:
         if not isinstance(network, nn.Module):
             raise InputError(f"network must be a torch.nn.Module, got {type(network).__name__}")
-        self.network = network
-        self.teacher = copy.deepcopy(teacher if teacher is not None else network).eval()
+        self.network = unwrap_ddp(network)  # hooks go on the module: a DDP wrapper is rebuilt after pruning
+        self.teacher = copy.deepcopy(unwrap_ddp(teacher) if teacher is not None else self.network).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.alpha, self.temperature = alpha, temperature
@@ -56,7 +57,7 @@ class DistillationHandler:
         task_loss = getattr(engine, "loss_function", None)
         if task_loss is None:
             raise ConfigError("DistillationHandler needs a trainer with a loss_function (a MONAI SupervisedTrainer)")
-        if getattr(engine, "network", self.network) is not self.network:
+        if unwrap_ddp(getattr(engine, "network", self.network)) is not self.network:
             raise ConfigError("the trainer trains a different network than the one given to DistillationHandler")
         self.loss = DistillationLoss(task_loss, self.alpha, self.temperature)
         engine.loss_function = self.loss

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from monai.utils import optional_import
 from torch import nn
 
+from ..distributed import broadcast_from_rank0, refresh_ddp, unwrap_ddp
 from ..errors import ConfigError, InputError, PlanMismatchError
+from ..importance import TaylorAccumulator
 from ..layers import PRUNABLE_TYPES, layer_out_dim
 from ..measure import count_macs, count_params
-from ..pruning.inplace import apply_plan_inplace, prune_channels_inplace
+from ..pruning.channel import prune_channels
+from ..pruning.inplace import apply_plan_inplace
 from ..pruning.plan import PruningPlan, architecture_signature
 from ..schedules import SparsitySchedule
 from ..sparsity import MaskKeeper, magnitude_masks, measured_sparsity, nm_masks
@@ -47,11 +51,19 @@ class PruningHandler:
             iteration schedules on ``ITERATION_COMPLETED``.
         example_input: a tensor shaped like one network input (for tracing and MAC counts; required for
             ``"channel"``).
-        importance, round_to, ignore: passed to :func:`monai_prune.prune_channels`.
+        importance: channel importance (:func:`monai_prune.prune_channels`: ``"l1"``, ``"l2"``, ``"bn_scale"``,
+            ``"random"``, ``"taylor"``); for ``"magnitude"``/``"nm"``: ``"l1"`` (|w|) or ``"taylor"``. With
+            ``"taylor"`` the handler sums |w * dL/dw| after every training iteration and prunes by those sums at
+            the next step (then starts summing again).
+        round_to, ignore: passed to :func:`monai_prune.prune_channels`.
         scope, include_bias: for ``"magnitude"``: per-layer (``"local"``) or one global threshold; biases too.
         nm: ``(N, M)`` for ``"nm"``.
         permanent: at the end of training stop re-applying masks (the zeros stay in the weights).
         name: logger name; default: the engine's logger.
+
+    Multi-process: under ``torchrun`` pass the ``DistributedDataParallel`` wrapper (or its module) as
+    ``network``. Channels and masks are chosen on rank 0 and broadcast, so every rank prunes the same, and the
+    wrapper is rebuilt in place for the new parameters (same object: the trainer and evaluator keep working).
 
     Checkpoints: ``state_dict()`` holds the accumulated plan, the sparsity reached and any masks. To resume, load the
     handler's state before the network's weights (``CheckpointLoader(load_dict={"pruner": handler, "model":
@@ -83,13 +95,19 @@ class PruningHandler:
                               "start_epoch=1, end_epoch=8)")
         if method == "channel" and not isinstance(example_input, torch.Tensor):
             raise ConfigError("example_input must be a tensor shaped like one network input (for tracing)")
+        if method != "channel" and importance not in ("l1", "taylor"):
+            raise ConfigError(f"importance for method={method!r} is 'l1' (|w|) or 'taylor' (|w * dL/dw| accumulated "
+                              f"over the iterations between steps), got {importance!r}")
         if method == "nm" and abs(schedule.final - (1 - nm[0] / nm[1])) > 1e-6:
             raise ConfigError(f"N:M {nm[0]}:{nm[1]} zeroes {1 - nm[0] / nm[1]:.3f} of the weights; give a schedule "
                               f"whose final sparsity is that (got {schedule.final})")
-        self.network, self.optimizer, self.method, self.schedule = network, optimizer, method, schedule
+        self.wrapper = network if unwrap_ddp(network) is not network else None  # a DDP wrapper, rebuilt after pruning
+        self.network = unwrap_ddp(network)
+        self.optimizer, self.method, self.schedule = optimizer, method, schedule
         self.example_input = example_input
         self.options: Dict[str, Any] = {"importance": importance, "round_to": round_to, "ignore": list(ignore or [])}
         self.scope, self.include_bias, self.nm, self.permanent = scope, include_bias, tuple(nm), permanent
+        self.taylor = TaylorAccumulator(self.network) if importance == "taylor" else None
         self.masks: Dict[str, torch.Tensor] = {}
         self.keeper: Optional[MaskKeeper] = None
         self.logger = logging.getLogger(name) if name else None
@@ -97,14 +115,17 @@ class PruningHandler:
         self.achieved = 0.0
         self._cost: Optional[Dict[str, float]] = None  # params/MACs, measured again only when the network changes
         self._widths0 = self._widths()
-        self._macs0 = count_macs(network, example_input) if example_input is not None else 0
-        self._params0 = count_params(network)
+        self._macs0 = count_macs(self.network, example_input) if example_input is not None else 0
+        self._params0 = count_params(self.network)
 
     # ------------------------------------------------------------------ ignite protocol
     def attach(self, engine: Engine) -> None:
         if self.logger is None:
             self.logger = engine.logger
+        self._check_engine(engine)
         max_epochs = engine.state.max_epochs
+        if self.taylor is not None:  # before the pruning step of the same iteration
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         if self.schedule.unit == "epoch":
             if max_epochs is not None:
                 self.schedule.check_fits(max_epochs)
@@ -117,13 +138,35 @@ class PruningHandler:
         if self.method != "channel" and self.permanent:
             engine.add_event_handler(Events.COMPLETED, self._make_permanent)
 
+    def _check_engine(self, engine: Engine) -> None:
+        """The engine must train this network with this optimizer: else pruning would desynchronise them."""
+        trained = getattr(engine, "network", None)
+        if trained is not None and unwrap_ddp(trained) is not self.network:
+            raise ConfigError("PruningHandler was given a different network than the one this engine runs "
+                              "(engine.network); pass the trainer's network (in a bundle: \"network\": \"@network\")")
+        engine_opt = getattr(engine, "optimizer", None)
+        if engine_opt is not None and self.optimizer is None and self.method == "channel":
+            raise ConfigError("PruningHandler(method='channel') on a trainer needs optimizer= (the trainer's optimizer) "
+                              "so that it can be rebuilt for the pruned parameters")
+        if engine_opt is not None and self.optimizer is not None and engine_opt is not self.optimizer:
+            raise ConfigError("PruningHandler was given a different optimizer than the trainer's (engine.optimizer)")
+
+    def _accumulate(self, engine: Engine) -> None:
+        self.taylor.accumulate()
+
     def __call__(self, engine: Engine) -> None:
         step = engine.state.epoch if self.schedule.unit == "epoch" else engine.state.iteration
         target = self.schedule(step)
         if target > self.achieved + 1e-9:
+            began = time.perf_counter()
             self._compress(target)
             self.achieved = target
             self._cost = None
+            self.logger.info("%s %d: pruning step to %.3f took %.1f s%s", self.schedule.unit, step, target,
+                             time.perf_counter() - began, f" (Taylor importance over {self.taylor.iterations} "
+                             "iterations)" if self.taylor is not None else "")
+            if self.taylor is not None:
+                self.taylor.reset()
         metrics = self.measure()
         metrics["prune_target"] = target
         engine.state.metrics.update(metrics)
@@ -133,17 +176,24 @@ class PruningHandler:
                              f", MACs {metrics['prune_macs'] / 1e9:.3g}G" if "prune_macs" in metrics else "")
 
     def _compress(self, target: float) -> None:
+        """Decide on rank 0 (the only rank under DDP), share the decision, apply it on every rank."""
+        scores = self.taylor.scores() if self.taylor is not None else None
         if self.method == "channel":
             ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
             was_training = self.network.training
-            self.plan = prune_channels_inplace(self.network, self.example_input, ratio, optimizer=self.optimizer,
-                                               plan=self.plan, **self.options)
+            step_plan = broadcast_from_rank0(lambda: prune_channels(
+                self.network, self.example_input, ratio=ratio, taylor_scores=scores, **self.options)[1].to_json())
+            step_plan = PruningPlan.from_dict(json.loads(step_plan))
+            apply_plan_inplace(self.network, step_plan, self.optimizer)
+            self.plan = self.plan.extend(step_plan) if self.plan is not None else step_plan
             self.network.train(was_training)
+            refresh_ddp(self.wrapper)
             return
         if self.method == "magnitude":
-            masks = magnitude_masks(self.network, target, scope=self.scope, include_bias=self.include_bias)
+            masks = broadcast_from_rank0(lambda: magnitude_masks(self.network, target, scope=self.scope,
+                                                                 include_bias=self.include_bias, scores=scores))
         else:
-            masks = nm_masks(self.network, *self.nm)
+            masks = broadcast_from_rank0(lambda: nm_masks(self.network, *self.nm, scores=scores))
         self._keep(masks)
 
     def _keep(self, masks: Dict[str, torch.Tensor]) -> None:
@@ -182,7 +232,10 @@ class PruningHandler:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        return {"plan": self.plan.to_json() if self.plan else "", "achieved": self.achieved, "masks": dict(self.masks)}
+        state = {"plan": self.plan.to_json() if self.plan else "", "achieved": self.achieved, "masks": dict(self.masks)}
+        if self.taylor is not None:
+            state["taylor"] = self.taylor.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Replay the saved plan on the (freshly built, dense) network so its weights can load next."""
@@ -195,3 +248,6 @@ class PruningHandler:
         self.plan, self.achieved, self._cost = plan, float(state.get("achieved", 0.0)), None
         if state.get("masks"):
             self._keep(dict(state["masks"]))
+        if self.taylor is not None and state.get("taylor"):
+            self.taylor.load_state_dict(state["taylor"])
+        refresh_ddp(self.wrapper)

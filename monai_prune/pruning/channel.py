@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, InputError, PruningError
 from ..layers import PRUNABLE_TYPES
 from ..measure import count_macs, count_params
+from ..importance import gradients_from_scores
 from ..utils import first_output, run_forward
 from .monai_fixes import (
     ChannelCountingPReLUPruner,
@@ -166,12 +167,18 @@ def _resolve_names(model: nn.Module, names: Iterable[str], what: str) -> Dict[st
     return {n: modules[n] for n in names}
 
 
-def _accumulate_taylor_gradients(model, batches, loss_fn) -> None:
+def _taylor_gradients(model, taylor) -> None:
+    """Put gradients on ``model`` for torch-pruning's Taylor criterion: from accumulated scores or from batches."""
+    batches, loss_fn, scores = taylor
+    if scores is not None:
+        gradients_from_scores(model, scores)
+        return
     if batches is None or loss_fn is None:
-        raise ConfigError("importance='taylor' needs batches=[(input, target), ...] and loss_fn=... to compute gradients")
+        raise ConfigError("importance='taylor' needs batches=[(input, target), ...] and loss_fn=... to compute "
+                          "gradients, or taylor_scores= accumulated during training")
     model.zero_grad(set_to_none=True)
     seen = 0
-    for batch in batches:
+    for batch in tqdm(batches, desc="Taylor importance (batches)", leave=False):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise InputError("each Taylor batch must be an (input, target) pair")
         inputs, target = batch
@@ -202,7 +209,7 @@ def _record_group(group, dg, names: Dict[nn.Module, str]) -> Dict[str, Any]:
             "kept": [i for i in range(before) if i not in removed], "ops": ops}
 
 
-def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig, batches, loss_fn, network_def):
+def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig, taylor, network_def):
     torch.manual_seed(config.seed)
     work = copy.deepcopy(model).eval()
     inplace_flags = {m: m.inplace for m in work.modules() if isinstance(getattr(m, "inplace", None), bool)}
@@ -221,7 +228,7 @@ def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig
     logger.debug("output head kept whole: %s", head)
 
     if config.importance == "taylor":
-        _accumulate_taylor_gradients(work, batches, loss_fn)
+        _taylor_gradients(work, taylor)
     customized = {nn.PReLU: prelu, **{t: frozen for t in frozen.block_types}}
     ratio_dict = {m: config.layer_ratios[n] for n, m in _resolve_names(work, config.layer_ratios, "layer_ratios").items()}
     not_layers = [n for n, m in zip(config.layer_ratios, ratio_dict) if not isinstance(m, PRUNABLE_TYPES)]
@@ -291,6 +298,7 @@ def prune_channels(
     batches: Optional[Sequence] = None,
     loss_fn: Optional[Callable] = None,
     network_def: Optional[Dict[str, Any]] = None,
+    taylor_scores: Optional[Dict[str, torch.Tensor]] = None,
     **options,
 ) -> Tuple[nn.Module, PruningPlan]:
     """Physically remove channels from a copy of ``model``; returns ``(pruned_model, plan)``.
@@ -302,6 +310,8 @@ def prune_channels(
         config: a :class:`ChannelPruningConfig`; keyword ``options`` (``importance``, ``round_to``,
             ``layer_ratios``, ``ignore``, ``global_pruning``, ``target_macs``, …) override its fields.
         batches, loss_fn: ``(input, target)`` batches and a loss, for ``importance="taylor"``.
+        taylor_scores: alternatively, per-parameter sums of |w * dL/dw| accumulated during training
+            (:class:`monai_prune.importance.TaylorAccumulator`), for ``importance="taylor"``.
         network_def: the network's constructor in MONAI bundle syntax (``{"_target_": ..., ...}``), stored in
             the plan so :meth:`PruningPlan.build_network` can rebuild it.
 
@@ -320,6 +330,7 @@ def prune_channels(
     for key, value in options.items():
         setattr(config, key, value)
     config.validate()
+    taylor = (batches, loss_fn, taylor_scores)
     _check_example_input(model, example_input)
     was_training = model.training
     try:
@@ -329,9 +340,9 @@ def prune_channels(
                          f"{tuple(getattr(example_input, 'shape', ()))}: {type(e).__name__}: {e}") from e
     params0 = count_params(model)
     if config.ratio is not None:
-        pruned, plan = _prune_once(model, example_input, config.ratio, config, batches, loss_fn, network_def)
+        pruned, plan = _prune_once(model, example_input, config.ratio, config, taylor, network_def)
     else:
-        pruned, plan = _search_ratio(model, example_input, config, batches, loss_fn, network_def, macs0, params0)
+        pruned, plan = _search_ratio(model, example_input, config, taylor, network_def, macs0, params0)
     macs1, params1 = count_macs(pruned, example_input), count_params(pruned)
     plan.stats = {"macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                   "groups_pruned": plan.num_groups}
@@ -342,7 +353,7 @@ def prune_channels(
     return pruned, plan
 
 
-def _search_ratio(model, example_input, config, batches, loss_fn, network_def, macs0, params0, steps: int = 5):
+def _search_ratio(model, example_input, config, taylor, network_def, macs0, params0, steps: int = 5):
     """Find the smallest uniform ratio whose MACs/params fraction meets the target.
 
     A coarse scan first (the fraction is not monotonic near the top: torch-pruning skips groups that would be
@@ -355,7 +366,7 @@ def _search_ratio(model, example_input, config, batches, loss_fn, network_def, m
     lo, best, lowest = 0.0, None, (1.0, 0.0)
     progress = tqdm(total=len(grid) + steps, desc=f"searching ratio for target_{key}={target}", leave=False)
     for ratio in grid:
-        candidate = _prune_once(model, example_input, ratio, config, batches, loss_fn, network_def)
+        candidate = _prune_once(model, example_input, ratio, config, taylor, network_def)
         fraction = measure(candidate[0])
         progress.update()
         lowest = min(lowest, (fraction, ratio))
@@ -369,7 +380,7 @@ def _search_ratio(model, example_input, config, batches, loss_fn, network_def, m
                           f"(ratio {lowest[1]}; the head and ignored layers stay); ask for at least {lowest[0]:.3f}")
     for _ in range(steps):
         mid = (lo + hi) / 2
-        candidate = _prune_once(model, example_input, mid, config, batches, loss_fn, network_def)
+        candidate = _prune_once(model, example_input, mid, config, taylor, network_def)
         fraction = measure(candidate[0])
         logger.debug("ratio %.4f keeps %.4f of %s", mid, fraction, key)
         progress.update()
