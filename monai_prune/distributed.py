@@ -7,6 +7,7 @@ on rank 0 and broadcast; an error on rank 0 is broadcast too, so every rank rais
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable, Optional
 
@@ -17,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .errors import PruningError
 
 logger = logging.getLogger(__name__)
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 def is_distributed() -> bool:
@@ -66,9 +68,10 @@ def refresh_ddp(wrapper: Optional[nn.Module]) -> None:
     if not isinstance(wrapper, DistributedDataParallel):
         return
     module = wrapper.module
+    sync_key = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"  # torch >= 2.13
     kwargs = dict(
         device_ids=wrapper.device_ids, output_device=wrapper.output_device, dim=wrapper.dim,
-        broadcast_buffers=wrapper.broadcast_buffers, process_group=wrapper.process_group,
+        process_group=wrapper.process_group, **{sync_key: wrapper.broadcast_buffers},
         find_unused_parameters=wrapper.find_unused_parameters,
         gradient_as_bucket_view=wrapper.gradient_as_bucket_view, static_graph=getattr(wrapper, "static_graph", False),
     )
