@@ -1,6 +1,7 @@
 """Knowledge distillation from a dense teacher to a compressed student.
 
-``DistillationLoss`` wraps the task loss: task + alpha * T^2 * KL(teacher_T || student_T), where ``x_T`` is
+``DistillationLoss`` wraps the task loss: task + alpha * T^2 * KL(teacher_T || student_T) (or, with
+``direction="student_teacher"``, KL(student_T || teacher_T)), where ``x_T`` is
 the softmax of the logits divided by the temperature T, computed per voxel (over the class channel) for
 segmentation and per sample for classification, then averaged. The teacher's logits for the current batch are
 set on the loss (``loss.teacher_output``) by :class:`monai_prune.handlers.DistillationHandler`.
@@ -18,13 +19,25 @@ from .errors import ConfigError, InputError
 Schedulable = Union[float, Callable[[int], float]]
 
 
-def kd_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over samples (and voxels) of KL(softmax(teacher/T) || softmax(student/T)) along dim 1, times T^2."""
+DIRECTIONS = ("teacher_student", "student_teacher")
+
+
+def kd_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                  direction: str = "teacher_student") -> torch.Tensor:
+    """Mean over samples (and voxels) of KL along dim 1 between the tempered softmaxes, times T^2.
+
+    ``direction="teacher_student"``: KL(softmax(teacher/T) || softmax(student/T)), Hinton et al.'s distillation
+    loss (the student covers every class the teacher gives mass to). ``"student_teacher"``: KL(student || teacher).
+    """
     if student.shape != teacher.shape:
         raise InputError(f"student output {tuple(student.shape)} and teacher output {tuple(teacher.shape)} differ")
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     log_student = F.log_softmax(student / temperature, dim=1)
     log_teacher = F.log_softmax(teacher / temperature, dim=1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+    p, log_p, log_q = ((log_teacher.exp(), log_teacher, log_student) if direction == "teacher_student"
+                       else (log_student.exp(), log_student, log_teacher))
+    kl = (p * (log_p - log_q)).sum(dim=1)
     return kl.mean() * temperature ** 2
 
 
@@ -37,11 +50,14 @@ class DistillationLoss(torch.nn.Module):
         temperature: softening temperature T > 0, a float or ``T(epoch) -> float``.
     """
 
-    def __init__(self, task_loss: Callable, alpha: Schedulable = 0.5, temperature: Schedulable = 2.0) -> None:
+    def __init__(self, task_loss: Callable, alpha: Schedulable = 0.5, temperature: Schedulable = 2.0,
+                 direction: str = "teacher_student") -> None:
         super().__init__()
         if not callable(task_loss):
             raise ConfigError("task_loss must be the trainer's loss function")
-        self.task_loss, self.alpha, self.temperature = task_loss, alpha, temperature
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.task_loss, self.alpha, self.temperature, self.direction = task_loss, alpha, temperature, direction
         self.epoch = 0
         self.teacher_output: Optional[torch.Tensor] = None
         self.last_kd: Optional[float] = None
@@ -64,6 +80,6 @@ class DistillationLoss(torch.nn.Module):
             return loss
         alpha, temperature = self.current(self.alpha), self.current(self.temperature)
         self._check(alpha, temperature)
-        kd = kd_divergence(pred, teacher.to(pred.device), temperature)
+        kd = kd_divergence(pred, teacher.to(pred.device), temperature, self.direction)
         self.last_kd = float(kd.detach())
         return loss + alpha * kd

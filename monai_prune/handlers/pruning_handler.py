@@ -11,7 +11,7 @@ import torch
 from monai.utils import optional_import
 from torch import nn
 
-from ..distributed import broadcast_from_rank0, refresh_ddp, unwrap_ddp
+from ..distributed import broadcast_from_rank0, rank, refresh_ddp, unwrap_ddp
 from ..errors import ConfigError, InputError, PlanMismatchError
 from ..importance import TaylorAccumulator
 from ..layers import PRUNABLE_TYPES, layer_out_dim
@@ -59,6 +59,14 @@ class PruningHandler:
         scope, include_bias: for ``"magnitude"``: per-layer (``"local"``) or one global threshold; biases too.
         nm: ``(N, M)`` for ``"nm"``.
         permanent: at the end of training stop re-applying masks (the zeros stay in the weights).
+        evaluator: the validation evaluator (``@validate#evaluator``). After every change of architecture its best
+            metric and the key-metric tracking of its ``CheckpointSaver`` restart, so the "best" checkpoint is
+            always one of the current (final) architecture, never a larger network from earlier in the schedule.
+        plan_path: write the accumulated :class:`~monai_prune.PruningPlan` here (atomically) after every step,
+            e.g. next to the bundle's ``models/model.pt``; with it, the checkpoint's weights load into
+            ``apply_plan(network, plan)``.
+        network_def: the network's constructor config (a plain dict in bundle syntax, as read from the bundle's
+            ``train.json``), stored in the plan so that ``plan.build_network()`` rebuilds the pruned network alone.
         name: logger name; default: the engine's logger.
 
     Multi-process: under ``torchrun`` pass the ``DistributedDataParallel`` wrapper (or its module) as
@@ -84,6 +92,9 @@ class PruningHandler:
         include_bias: bool = False,
         nm: tuple = (2, 4),
         permanent: bool = True,
+        evaluator: Optional[Engine] = None,
+        plan_path: Optional[str] = None,
+        network_def: Optional[Dict[str, Any]] = None,
         name: Optional[str] = None,
     ) -> None:
         if not isinstance(network, nn.Module):
@@ -107,6 +118,10 @@ class PruningHandler:
         self.example_input = example_input
         self.options: Dict[str, Any] = {"importance": importance, "round_to": round_to, "ignore": list(ignore or [])}
         self.scope, self.include_bias, self.nm, self.permanent = scope, include_bias, tuple(nm), permanent
+        if network_def is not None and not isinstance(network_def, dict):
+            raise ConfigError("network_def must be the network's constructor config as a plain dict (e.g. read from the "
+                              f"bundle's train.json), got {type(network_def).__name__}")
+        self.evaluator, self.plan_path, self.network_def = evaluator, plan_path, network_def
         self.taylor = TaylorAccumulator(self.network) if importance == "taylor" else None
         self.masks: Dict[str, torch.Tensor] = {}
         self.keeper: Optional[MaskKeeper] = None
@@ -122,7 +137,8 @@ class PruningHandler:
     def attach(self, engine: Engine) -> None:
         if self.logger is None:
             self.logger = engine.logger
-        self._check_engine(engine)
+        self._check_engine(engine)  # a trainer built from a bundle config has no network yet: checked again at start
+        engine.add_event_handler(Events.STARTED, self._check_engine)
         max_epochs = engine.state.max_epochs
         if self.taylor is not None:  # before the pruning step of the same iteration
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
@@ -181,13 +197,19 @@ class PruningHandler:
         if self.method == "channel":
             ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
             was_training = self.network.training
+            layer_ratios = self._layer_ratios(target)
             step_plan = broadcast_from_rank0(lambda: prune_channels(
-                self.network, self.example_input, ratio=ratio, taylor_scores=scores, **self.options)[1].to_json())
+                self.network, self.example_input, ratio=ratio, taylor_scores=scores, layer_ratios=layer_ratios,
+                **self.options)[1].to_json())
             step_plan = PruningPlan.from_dict(json.loads(step_plan))
             apply_plan_inplace(self.network, step_plan, self.optimizer)
             self.plan = self.plan.extend(step_plan) if self.plan is not None else step_plan
+            self.plan.network_def = self.network_def
             self.network.train(was_training)
             refresh_ddp(self.wrapper)
+            if self.plan_path and rank() == 0:
+                self.plan.save(self.plan_path)
+            self._restart_best_metric()
             return
         if self.method == "magnitude":
             masks = broadcast_from_rank0(lambda: magnitude_masks(self.network, target, scope=self.scope,
@@ -195,6 +217,32 @@ class PruningHandler:
         else:
             masks = broadcast_from_rank0(lambda: nm_masks(self.network, *self.nm, scores=scores))
         self._keep(masks)
+
+    def _layer_ratios(self, target: float) -> Dict[str, float]:
+        """Per-layer ratios that take each layer from its current width to round(original * (1 - target)).
+
+        A uniform ratio per step would compound rounding over the schedule's steps (0.53 for a 0.5 target on a
+        small UNet); aiming every step at the original widths lands the final step on the schedule's sparsity.
+        torch-pruning keeps int(width * (1 - ratio)) channels, hence the half channel.
+        """
+        ratios = {}
+        for name, width in self._widths().items():
+            keep = max(1, int(round(self._widths0[name] * (1.0 - target))))
+            ratios[name] = 1.0 - (keep + 0.5) / width if width > keep else 0.0
+        return ratios
+
+    def _restart_best_metric(self) -> None:
+        """The evaluator's best metric and key-metric checkpoints belong to the previous architecture: restart."""
+        if self.evaluator is None:
+            return
+        self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = -1, -1
+        from monai.handlers import CheckpointSaver
+
+        for handler, _, _ in self.evaluator._event_handlers.get(Events.EPOCH_COMPLETED, []):
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, CheckpointSaver) and owner._key_metric_checkpoint is not None:
+                owner._key_metric_checkpoint.reset()
+        self.logger.info("architecture changed: best-metric tracking of the evaluator restarted")
 
     def _keep(self, masks: Dict[str, torch.Tensor]) -> None:
         if self.keeper is not None:
