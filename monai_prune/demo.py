@@ -1,4 +1,5 @@
-"""``monai-prune demo``: train a spleen-style 3D UNet on built-in synthetic CT, prune it, fine-tune it, export it,
+"""``monai-prune demo``: train a spleen-style 3D UNet on built-in synthetic CT, compress it while fine-tuning
+(cubic channel-pruning schedule + distillation from the dense model, in a stock ``SupervisedTrainer``), export it,
 serve it through every installed runtime and report dense vs pruned, measured.
 
 Everything runs on the CPU in a few minutes; nothing is downloaded.
@@ -6,6 +7,7 @@ Everything runs on the CPU in a few minutes; nothing is downloaded.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -15,13 +17,15 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from . import apply_plan, count_macs, count_params, prune_channels
+from . import apply_plan, count_macs, count_params
 from .data import write_ct_dataset
 from .export import export_onnx, export_torchscript
+from .handlers import DistillationHandler, PruningHandler
 from .measure import file_size, sliding_window_latency
 from .pruning import PruningPlan
 from .report import plot_accuracy_vs_latency, write_demo_report
 from .runtime import Predictor, available_backends
+from .schedules import CubicSchedule
 from .utils import atomic_path, atomic_write_text
 from .workflows import SPLEEN_UNET_DEF, segmentation_dice, spleen_unet, train_segmentation
 
@@ -41,6 +45,9 @@ class DemoConfig:
     epochs: int = 25
     finetune_epochs: int = 10
     ratio: float = 0.5
+    schedule_end: int = 6
+    kd_alpha: float = 0.5
+    kd_temperature: float = 2.0
     bench_size: int = 128
     bench_roi: Sequence[int] = (96, 96, 96)
     repeats: int = 3
@@ -50,8 +57,8 @@ class DemoConfig:
 
 def quick_config(out: str) -> DemoConfig:
     """A demo small enough for a test (tens of seconds): fewer, smaller volumes and epochs."""
-    return DemoConfig(out=out, train_volumes=4, val_volumes=2, size=64, epochs=3, finetune_epochs=1, bench_size=64,
-                      bench_roi=(48, 48, 48), infer_roi=(48, 48, 48), repeats=1)
+    return DemoConfig(out=out, train_volumes=4, val_volumes=2, size=64, epochs=3, finetune_epochs=3, schedule_end=2,
+                      bench_size=64, bench_roi=(48, 48, 48), infer_roi=(48, 48, 48), repeats=1)
 
 
 def _save_state_dict(model: torch.nn.Module, path: str) -> str:
@@ -67,6 +74,40 @@ def _check_replay(plan_path: str, weights_path: str, pruned: torch.nn.Module, ex
     fresh.eval()
     with torch.no_grad():
         return float((fresh(example) - pruned.eval()(example)).abs().max())
+
+
+def compress_while_training(dense: torch.nn.Module, train: List[Dict[str, str]], config: DemoConfig,
+                            example: torch.Tensor, distill: bool = True, seed_offset: int = 1):
+    """Fine-tune a copy of ``dense`` in a stock ``SupervisedTrainer`` with a cubic channel-pruning schedule and (by
+    default) distillation from ``dense``; returns ``(compressed, {"pruner", "losses", "metrics", "targets"})``."""
+    student = copy.deepcopy(dense)
+    schedule = CubicSchedule(final=config.ratio, start_epoch=1, end_epoch=config.schedule_end)
+    found: Dict[str, Any] = {"targets": {e: schedule(e) for e in range(1, config.finetune_epochs + 1)}}
+
+    def handlers(network, optimizer):
+        found["pruner"] = PruningHandler(network=network, optimizer=optimizer, method="channel", schedule=schedule,
+                                         example_input=example, network_def=SPLEEN_UNET_DEF)
+        chosen = [found["pruner"]]
+        if distill:
+            chosen.append(DistillationHandler(network=network, teacher=dense, alpha=config.kd_alpha,
+                                              temperature=config.kd_temperature))
+        return chosen + [_MetricsKeeper(found)]
+
+    found["losses"] = train_segmentation(student, train, config.finetune_epochs, roi=config.train_roi, lr=5e-4,
+                                         seed=config.seed + seed_offset, handlers=handlers)
+    return student, found
+
+
+class _MetricsKeeper:
+    """Keeps the trainer's final ``engine.state.metrics`` (prune_*, kd_*) in ``found["metrics"]``."""
+
+    def __init__(self, found: Dict[str, Any]) -> None:
+        self.found = found
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, lambda e: self.found.update(metrics=dict(e.state.metrics)))
 
 
 def run_demo(config: DemoConfig) -> Dict[str, Any]:
@@ -86,13 +127,15 @@ def run_demo(config: DemoConfig) -> Dict[str, Any]:
     dense_dice = segmentation_dice(dense, val, roi=config.infer_roi)
     logger.info("dense UNet: mean Dice %.4f on %d held-out volumes", dense_dice["mean_dice"], len(val))
 
-    logger.info("3/6 pruning %.0f%% of the channels of every group, then fine-tuning %d epochs", 100 * config.ratio,
-                config.finetune_epochs)
+    logger.info("3/6 compressing while fine-tuning %d epochs: cubic schedule to %.0f%% of the channels of every group "
+                "(epochs 1-%d), distilled from the dense model", config.finetune_epochs, 100 * config.ratio,
+                config.schedule_end)
     example = torch.zeros(1, 1, *config.train_roi)
-    pruned, plan = prune_channels(dense, example, ratio=config.ratio, network_def=SPLEEN_UNET_DEF)
-    dice_after_prune = segmentation_dice(pruned, val, roi=config.infer_roi)["mean_dice"]
-    ft_losses = train_segmentation(pruned, train, config.finetune_epochs, roi=config.train_roi, lr=5e-4,
-                                   seed=config.seed + 1) if config.finetune_epochs else []
+    pruned, compression = compress_while_training(dense, train, config, example)
+    plan = compression["pruner"].plan
+    schedule_png = compression["pruner"].schedule.plot(os.path.join(out, "schedule.png"),
+                                                       title="channel sparsity during fine-tuning (cubic)")
+    ft_losses = compression["losses"]
     pruned_dice = segmentation_dice(pruned, val, roi=config.infer_roi)
 
     logger.info("4/6 exporting model.pt, plan.json, model.ts, model.onnx")
@@ -134,7 +177,12 @@ def run_demo(config: DemoConfig) -> Dict[str, Any]:
                   "size_bytes": file_size(art["dense"]["model.pt"]), "latency_s": latency["dense"],
                   "final_loss": losses[-1] if losses else None},
         "pruned": {"mean_dice": pruned_dice["mean_dice"], "per_case_dice": pruned_dice["per_case"],
-                   "dice_before_finetune": dice_after_prune, "macs": count_macs(pruned, bench_example),
+                   "method": f"cubic channel schedule to {config.ratio} (epochs 1-{config.schedule_end} of "
+                             f"{config.finetune_epochs}) + distillation (alpha {config.kd_alpha}, T {config.kd_temperature})",
+                   "schedule": {str(k): v for k, v in compression["targets"].items()},
+                   "kd_agreement": compression["metrics"].get("kd_agreement"),
+                   "sparsity_measured": compression["metrics"].get("prune_sparsity"),
+                   "schedule_plot": schedule_png, "macs": count_macs(pruned, bench_example),
                    "params": count_params(pruned), "size_bytes": file_size(art["pruned"]["model.pt"]),
                    "latency_s": latency["pruned"], "final_loss": ft_losses[-1] if ft_losses else None,
                    "best_backend": best, "dice_best_backend": best_dice, "plan_checksum": plan.checksum,

@@ -7,7 +7,7 @@ inference, ``DiceMetric``. Nothing here is specific to pruning; the demo prunes 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -41,8 +41,13 @@ def train_segmentation(
     num_samples: int = 2,
     progress: bool = True,
     seed: int = 0,
+    handlers: Optional[Callable[[nn.Module, torch.optim.Optimizer], Sequence[Any]]] = None,
 ) -> List[float]:
-    """Train ``network`` in place with MONAI's ``SupervisedTrainer``; returns the loss of every iteration."""
+    """Train ``network`` in place with MONAI's ``SupervisedTrainer``; returns the loss of every iteration.
+
+    ``handlers(network, optimizer)`` may return handlers (``attach(engine)``) for the trainer, e.g. a
+    :class:`~monai_prune.handlers.PruningHandler` and a :class:`~monai_prune.handlers.DistillationHandler`.
+    """
     from monai.data import CacheDataset, DataLoader
     from monai.engines import SupervisedTrainer
     from monai.losses import DiceCELoss
@@ -56,6 +61,7 @@ def train_segmentation(
     trainer = SupervisedTrainer(
         device=next(network.parameters()).device, max_epochs=epochs, train_data_loader=loader, network=network,
         optimizer=optimizer, loss_function=DiceCELoss(to_onehot_y=True, softmax=True), amp=False,
+        train_handlers=list(handlers(network, optimizer)) if handlers is not None else None,
     )
     losses: List[float] = []
 

@@ -17,7 +17,7 @@ def test_quick_demo_writes_a_measured_report(tmp_path):
     results = run_demo(config)
     assert results["report"].endswith("report.md") and results["elapsed_s"] > 0
     out = tmp_path / "demo"
-    for rel in ("report.md", "accuracy_vs_latency.png", "results.json", "pruned/plan.json", "pruned/model.pt",
+    for rel in ("report.md", "accuracy_vs_latency.png", "schedule.png", "results.json", "pruned/plan.json", "pruned/model.pt",
                 "pruned/model.ts", "pruned/model.onnx", "dense/model.ts"):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     saved = json.loads((out / "results.json").read_text())
@@ -25,6 +25,9 @@ def test_quick_demo_writes_a_measured_report(tmp_path):
     assert p["macs"] < 0.35 * d["macs"] and p["params"] < 0.3 * d["params"] and p["size_bytes"] < d["size_bytes"]
     assert set(p["latency_s"]) == {"torch", "onnxruntime"} and all(t > 0 for t in p["latency_s"].values())
     assert 0.0 <= p["mean_dice"] <= 1.0 and p["replay_max_abs_diff"] == 0.0
+    # compressed during fine-tuning on the cubic schedule, distilled: the measured sparsity is the schedule's
+    assert p["sparsity_measured"] == pytest.approx(0.5, abs=0.01) and 0.0 <= p["kd_agreement"] <= 1.0
+    assert p["schedule"]["1"] < p["schedule"]["2"] == 0.5
     assert abs(p["dice_best_backend"] - p["mean_dice"]) < 0.01  # the runtime gives the same segmentation
     report = (out / "report.md").read_text()
     assert "What was lost" in report and f"{d['mean_dice']:.4f}" in report
