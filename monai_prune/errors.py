@@ -34,3 +34,7 @@ class ExportError(MonaiPruneError, RuntimeError):
 
 class BackendUnavailableError(MonaiPruneError, RuntimeError):
     """A requested runtime backend is not installed or cannot run the model."""
+
+
+class QuantizationError(MonaiPruneError, RuntimeError):
+    """Quantization failed or cannot meet the requested accuracy tolerances."""

@@ -1,0 +1,484 @@
+"""Post-training int8 quantization: ``quantize(model, calibration, QuantizationConfig(...))``.
+
+The network is exported to ONNX (fp32, dynamic batch and spatial axes), then quantized by a real CPU int8 backend:
+
+* ``"onnxruntime"``: ``onnxruntime.quantization.quantize_static`` (QDQ, int8 weights per channel, uint8
+  activations; calibration min-max, percentile or entropy) -> ``model_int8.onnx``;
+* ``"openvino"``: OpenVINO IR converted from the ONNX, quantized by NNCF PTQ -> ``model_int8.xml``/``.bin``.
+
+Afterwards, measured and reported, never assumed:
+
+* which layers run int8 and which stayed fp32 (by name: the torch module path, e.g. ``model.2.0.conv``);
+* fidelity on held-out inputs, int8 vs fp32: voxel (or sample) argmax agreement, max |logit difference|, and
+  per-class Dice between the int8 and fp32 segmentations; with ``max_delta`` the most sensitive layers (measured
+  one by one) go back to fp32 until the tolerances hold, or a :class:`QuantizationError` says they cannot;
+* speed on the target shape, int8 vs fp32 on the same backend: an int8 model slower than fp32 is flagged
+  (``result.slower_than_fp32``, a warning in the log and in the report) and ``result.recommended`` says which file
+  to serve for speed. With ``backend="auto"`` every installed backend is tried and the fastest int8 that meets the
+  tolerances wins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError, ConfigError, InputError, QuantizationError
+from ..export import export_onnx, export_openvino
+from ..measure import file_size, time_call
+from ..utils import atomic_write_text
+from .calibration import CalibrationSet
+
+logger = logging.getLogger(__name__)
+
+QUANT_BACKENDS = ("onnxruntime", "openvino")
+METHODS = {"onnxruntime": ("minmax", "percentile", "entropy"), "openvino": ("minmax",)}
+DELTA_KEYS = ("max_abs_logit", "agreement", "dice")
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+@dataclass
+class QuantizationConfig:
+    """How to quantize.
+
+    Args:
+        backend: ``"auto"`` (every installed backend, fastest int8 within tolerance), ``"onnxruntime"`` or
+            ``"openvino"``.
+        method: activation range calibration: ``"minmax"``; ONNX Runtime also ``"percentile"``, ``"entropy"``.
+        per_channel: per-output-channel weight scales (recommended for convolutions).
+        keep_fp32: layers never quantized, by torch module name (``"model.2.0.conv"``) or ONNX node name.
+        max_delta: tolerances, int8 vs fp32 on the validation inputs: ``"max_abs_logit"`` (absolute),
+            ``"agreement"`` (allowed drop of argmax agreement below 1), ``"dice"`` (allowed drop of the
+            per-class Dice between int8 and fp32 segmentations below 1). Empty: measure and report only.
+        max_fallback_layers: give up (``QuantizationError``) when more layers than this would have to stay fp32.
+        out_dir: where ``model_fp32.onnx``, the int8 artifact and ``quantization.json`` go (default: a new
+            temporary folder, kept).
+        timing_fn: ``timing_fn(predictor)`` runs the workload to time (e.g. a whole ``sliding_window_inference``);
+            default: one call on a calibration-shaped input.
+        repeats: timed runs per variant (the median is kept).
+    """
+
+    backend: str = "auto"
+    method: str = "minmax"
+    per_channel: bool = True
+    keep_fp32: List[str] = field(default_factory=list)
+    max_delta: Dict[str, float] = field(default_factory=dict)
+    max_fallback_layers: int = 8
+    out_dir: Optional[str] = None
+    timing_fn: Optional[Callable] = None
+    repeats: int = 3
+
+    def validate(self) -> None:
+        if self.backend not in QUANT_BACKENDS + ("auto",):
+            raise ConfigError(f"backend must be one of {QUANT_BACKENDS + ('auto',)}, got {self.backend!r}")
+        methods = sorted({m for ms in METHODS.values() for m in ms})
+        if self.method not in methods:
+            raise ConfigError(f"method must be one of {methods}, got {self.method!r}")
+        if self.backend != "auto" and self.method not in METHODS[self.backend]:
+            raise ConfigError(f"the {self.backend} backend calibrates with {METHODS[self.backend]}, not {self.method!r}")
+        unknown = [k for k in self.max_delta if k not in DELTA_KEYS]
+        if unknown:
+            raise ConfigError(f"max_delta keys must be among {DELTA_KEYS}, got {unknown}")
+        bad = {k: v for k, v in self.max_delta.items() if not isinstance(v, (int, float)) or v < 0}
+        if bad:
+            raise ConfigError(f"max_delta values must be non-negative numbers, got {bad}")
+        if not isinstance(self.max_fallback_layers, int) or self.max_fallback_layers < 0:
+            raise ConfigError(f"max_fallback_layers must be a non-negative integer, got {self.max_fallback_layers!r}")
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
+
+
+@dataclass
+class QuantizedModel:
+    """The int8 artifact and what was measured about it."""
+
+    path: str
+    backend: str
+    fp32_path: str
+    int8_layers: List[str]
+    fp32_layers: List[str]
+    fallback_layers: List[str]
+    fidelity: Dict[str, object]
+    latency_s: Dict[str, float]
+    size_bytes: Dict[str, int]
+    calibration: Dict[str, object]
+    config: Dict[str, object]
+    warnings: List[str] = field(default_factory=list)
+    candidates: Dict[str, Dict[str, object]] = field(default_factory=dict)
+    report_path: Optional[str] = None
+
+    @property
+    def speedup(self) -> float:
+        """fp32 latency / int8 latency on the same backend (> 1: int8 is faster)."""
+        return self.latency_s["fp32"] / self.latency_s["int8"]
+
+    @property
+    def slower_than_fp32(self) -> bool:
+        return self.latency_s["int8"] > self.latency_s["fp32"]
+
+    @property
+    def recommended(self) -> str:
+        """The file to serve for speed: the int8 one, unless it measured slower than fp32."""
+        return self.fp32_path if self.slower_than_fp32 else self.path
+
+    def predictor(self, which: str = "int8", **kwargs):
+        """A :class:`monai_prune.Predictor` over the int8 (or ``"fp32"``/``"recommended"``) file."""
+        from ..runtime import Predictor
+
+        if which not in ("int8", "fp32", "recommended"):
+            raise ConfigError(f"which must be 'int8', 'fp32' or 'recommended', got {which!r}")
+        path = {"int8": self.path, "fp32": self.fp32_path, "recommended": self.recommended}[which]
+        return Predictor(path, backend=self.backend, **kwargs)
+
+    def to_dict(self) -> Dict[str, object]:
+        data = asdict(self)
+        data.update(speedup=self.speedup, slower_than_fp32=self.slower_than_fp32, recommended=self.recommended)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _onnx_layers(onnx_path: str) -> Dict[str, str]:
+    """Weighted ONNX nodes (Conv, ConvTranspose, MatMul, Gemm) -> the torch module they come from.
+
+    The exporter keeps parameter names as initializer names (``model.0.conv.unit0.conv.weight``), so the module
+    is the weight's name without ``.weight``; nodes without a named weight keep their node name.
+    """
+    import onnx
+
+    graph = onnx.load(onnx_path).graph
+    initializers = {i.name for i in graph.initializer}
+    layers = {}
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        weight = next((i for i in node.input[1:] if i in initializers and i.endswith(".weight")), None)
+        layers[node.name] = weight[: -len(".weight")] if weight else node.name
+    return layers
+
+
+def _resolve_layers(names: Sequence[str], layers: Dict[str, str]) -> Dict[str, List[str]]:
+    """Map torch module names (a layer or a whole block, ``model.2``) or ONNX node names to ONNX nodes."""
+    found = {}
+    for name in names:
+        found[name] = [node for node, module in layers.items()
+                       if node == name or module == name or module.startswith(name + ".")]
+    missing = [n for n, nodes in found.items() if not nodes]
+    if missing:
+        sample = ", ".join(list(layers.values())[:5])
+        raise ConfigError(f"keep_fp32 names layers this network does not have: {missing} (its layers are named "
+                          f"like the torch modules: {sample}, …)")
+    return found
+
+
+def _ort_int8_layers(int8_path: str, layers: Sequence[str]) -> List[str]:
+    """Layers whose weight enters through a DequantizeLinear in the QDQ model."""
+    import onnx
+
+    graph = onnx.load(int8_path).graph
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in graph.node if n.name in set(layers) and len(n.input) > 1 and n.input[1] in dq_outputs]
+
+
+def _ov_int8_layers(ov_model, layers: Sequence[str]) -> List[str]:
+    """Layers of the NNCF-quantized OpenVINO model fed by FakeQuantize (OpenVINO names an ONNX ``Conv`` node
+    ``<onnx name>/WithoutBiases``)."""
+    quantized = set()
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "ConvolutionBackpropData", "MatMul", "GroupConvolution"):
+            continue
+        for value in op.input_values():
+            producer = value.get_node()
+            for _ in range(3):  # FakeQuantize, possibly behind Convert/Reshape of compressed weights
+                if producer.get_type_name() == "FakeQuantize":
+                    quantized.add(op.get_friendly_name())
+                    break
+                if producer.get_input_size() == 0:
+                    break
+                producer = producer.input_value(0).get_node()
+    return [n for n in layers if n in quantized or f"{n}/WithoutBiases" in quantized]
+
+
+def _session(path: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+class _Runner:
+    """Runs an .onnx (ONNX Runtime) or .xml (OpenVINO) file on numpy input; compiled once per input shape."""
+
+    def __init__(self, path: str, backend: str) -> None:
+        self.path, self.backend = path, backend
+        if backend == "onnxruntime":
+            self._session = _session(path)
+        else:
+            import openvino as ov
+
+            self._core = ov.Core()
+            self._model = self._core.read_model(path)
+            self._compiled: Dict[tuple, object] = {}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "onnxruntime":
+            return self._session.run(None, {self._session.get_inputs()[0].name: x})[0]
+        key = tuple(x.shape)
+        if key not in self._compiled:
+            self._compiled[key] = self._core.compile_model(self._model, "CPU")
+        compiled = self._compiled[key]
+        return compiled(x)[compiled.output(0)]
+
+
+def _fidelity(fp32: _Runner, int8: _Runner, inputs: Sequence[torch.Tensor]) -> Dict[str, object]:
+    agree = total = 0
+    max_abs = 0.0
+    inter: Dict[int, float] = {}
+    sums: Dict[int, float] = {}
+    for x in inputs:
+        a, b = fp32(x.numpy()), int8(x.numpy())
+        max_abs = max(max_abs, float(np.abs(a - b).max()))
+        pa, pb = a.argmax(1), b.argmax(1)
+        agree += int((pa == pb).sum())
+        total += pa.size
+        if a.ndim > 2:  # segmentation: per-class Dice between the two label maps
+            for c in range(a.shape[1]):
+                ia, ib = pa == c, pb == c
+                inter[c] = inter.get(c, 0.0) + float((ia & ib).sum())
+                sums[c] = sums.get(c, 0.0) + float(ia.sum() + ib.sum())
+    result: Dict[str, object] = {"agreement": agree / total, "max_abs_logit": max_abs, "samples": len(inputs)}
+    if sums:
+        result["dice_vs_fp32"] = {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
+    return result
+
+
+def _violations(fidelity: Dict[str, object], max_delta: Dict[str, float]) -> Dict[str, float]:
+    """How far each tolerance is exceeded (empty when all hold)."""
+    over = {}
+    if "max_abs_logit" in max_delta and fidelity["max_abs_logit"] > max_delta["max_abs_logit"]:
+        over["max_abs_logit"] = fidelity["max_abs_logit"] - max_delta["max_abs_logit"]
+    if "agreement" in max_delta and 1 - fidelity["agreement"] > max_delta["agreement"]:
+        over["agreement"] = 1 - fidelity["agreement"] - max_delta["agreement"]
+    if "dice" in max_delta and "dice_vs_fp32" in fidelity:
+        worst = 1 - min(fidelity["dice_vs_fp32"].values())
+        if worst > max_delta["dice"]:
+            over["dice"] = worst - max_delta["dice"]
+    return over
+
+
+def _error_score(fidelity: Dict[str, object]) -> float:
+    """One number to rank layer sensitivity: disagreement plus (normalised) logit error."""
+    dice = fidelity.get("dice_vs_fp32")
+    return (1 - fidelity["agreement"]) + (1 - min(dice.values()) if dice else 0.0) + 1e-3 * fidelity["max_abs_logit"]
+
+
+# ---------------------------------------------------------------------------------------------------- backends
+def _quantize_ort(fp32_path: str, out_path: str, calibration: CalibrationSet, config: QuantizationConfig,
+                  exclude: Sequence[str], only: Optional[Sequence[str]] = None) -> str:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[config.method]
+    quantize_static(
+        fp32_path, out_path, calibration.onnxruntime_reader(_session(fp32_path).get_inputs()[0].name),
+        quant_format=QuantFormat.QDQ, per_channel=config.per_channel, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+        nodes_to_quantize=list(only) if only is not None else None,
+        extra_options={"CalibMovingAverage": False},
+    )
+    return out_path
+
+
+def _quantize_ov(fp32_path: str, out_path: str, calibration: CalibrationSet, config: QuantizationConfig,
+                 exclude: Sequence[str], only: Optional[Sequence[str]] = None):
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as e:
+        raise BackendUnavailableError("int8 for OpenVINO needs openvino and nncf: pip install 'monai-prune[openvino]'") from e
+    model = ov.convert_model(fp32_path)
+    layers = _onnx_layers(fp32_path)
+    excluded = set(exclude) | (set(layers) - set(only) if only is not None else set())
+    excluded = {n for name in excluded for n in (name, f"{name}/WithoutBiases")}  # OpenVINO's name for a Conv
+    scope = nncf.IgnoredScope(names=sorted(excluded), validate=False) if excluded else None
+    kwargs = {"ignored_scope": scope} if scope else {}
+    quantized = nncf.quantize(model, calibration.nncf_dataset(), subset_size=len(calibration),
+                              preset=nncf.QuantizationPreset.MIXED, **kwargs)
+    xml = out_path if out_path.endswith(".xml") else out_path + ".xml"
+    ov.save_model(quantized, xml, compress_to_fp16=False)
+    return xml
+
+
+def _run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: CalibrationSet, config: QuantizationConfig,
+                 exclude: Sequence[str], only: Optional[Sequence[str]] = None, tag: str = "") -> str:
+    name = f"model_int8{tag}"
+    if backend == "onnxruntime":
+        return _quantize_ort(fp32_onnx, os.path.join(out_dir, name + ".onnx"), calibration, config, exclude, only)
+    return _quantize_ov(fp32_onnx, os.path.join(out_dir, name + ".xml"), calibration, config, exclude, only)
+
+
+def _int8_layers(backend: str, path: str, layers: Sequence[str]) -> List[str]:
+    if backend == "onnxruntime":
+        return _ort_int8_layers(path, layers)
+    import openvino as ov
+
+    return _ov_int8_layers(ov.Core().read_model(path), layers)
+
+
+def _fp32_file(backend: str, fp32_onnx: str, out_dir: str) -> str:
+    if backend == "onnxruntime":
+        return fp32_onnx
+    xml = os.path.join(out_dir, "model_fp32.xml")
+    if not os.path.exists(xml):
+        export_openvino(fp32_onnx, xml)
+    return xml
+
+
+def _latency(path: str, backend: str, example: torch.Tensor, config: QuantizationConfig) -> float:
+    from ..runtime import Predictor
+
+    predictor = Predictor(path, example_input=example, backend=backend)
+    work = config.timing_fn if config.timing_fn is not None else (lambda p: p(example))
+    return time_call(lambda: work(predictor), repeats=config.repeats)["median_s"]  # the warm-up call compiles
+
+
+def _artifact_size(path: str) -> int:
+    return file_size(path) + (file_size(path[:-4] + ".bin") if path.endswith(".xml") else 0)
+
+
+def _available(backend: str) -> bool:
+    if backend == "onnxruntime":
+        return True
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep) -> QuantizedModel:
+    fp32_path = _fp32_file(backend, fp32_onnx, out_dir)
+    fp32_runner = _Runner(fp32_path, backend)
+    excluded = list(keep)
+    path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded)
+    fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation)
+    fallback: List[str] = []
+    over = _violations(fidelity, config.max_delta)
+    if over:
+        logger.info("%s int8 misses the tolerances (%s): measuring each layer's sensitivity", backend, over)
+        candidates = [n for n in _int8_layers(backend, path, list(layers)) if n not in excluded]
+        sensitivity = {}
+        for i, layer in enumerate(candidates):  # quantize this layer alone, measure the damage
+            alone = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded, only=[layer], tag="_probe")
+            sensitivity[layer] = _error_score(_fidelity(fp32_runner, _Runner(alone, backend), validation))
+        ranked = sorted(candidates, key=lambda n: -sensitivity[n])
+        for layer in ranked:
+            if len(fallback) >= config.max_fallback_layers:
+                break
+            fallback.append(layer)
+            path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded + fallback)
+            fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation)
+            over = _violations(fidelity, config.max_delta)
+            logger.info("kept %s in fp32 (sensitivity %.4g): %s", layers[layer], sensitivity[layer],
+                        "tolerances hold" if not over else f"still over by {over}")
+            if not over:
+                break
+        for probe in os.listdir(out_dir):
+            if probe.startswith("model_int8_probe"):
+                os.remove(os.path.join(out_dir, probe))
+        if over:
+            raise QuantizationError(
+                f"{backend} int8 cannot meet max_delta={config.max_delta}: with the {len(fallback)} most sensitive "
+                f"layers kept in fp32 ({', '.join(layers[n] for n in fallback)}) it is still over by {over}; "
+                f"raise max_fallback_layers (now {config.max_fallback_layers}), loosen max_delta, or try another "
+                "backend/method")
+    int8 = _int8_layers(backend, path, list(layers))
+    example = calibration.samples[0]
+    latency = {"fp32": _latency(fp32_path, backend, example, config), "int8": _latency(path, backend, example, config)}
+    result = QuantizedModel(
+        path=path, backend=backend, fp32_path=fp32_path, int8_layers=[layers[n] for n in int8],
+        fp32_layers=[m for n, m in layers.items() if n not in set(int8)],
+        fallback_layers=[layers[n] for n in fallback], fidelity=fidelity, latency_s=latency,
+        size_bytes={"fp32": _artifact_size(fp32_path), "int8": _artifact_size(path)},
+        calibration=calibration.describe(), config={k: v for k, v in asdict(config).items() if k != "timing_fn"},
+    )
+    if result.slower_than_fp32:
+        message = (f"int8 on {backend} is SLOWER than fp32 ({latency['int8']:.4g} s vs {latency['fp32']:.4g} s, "
+                   f"{result.speedup:.2f}x): serve {os.path.basename(result.fp32_path)} for speed; the int8 file is "
+                   f"{result.size_bytes['fp32'] / result.size_bytes['int8']:.1f}x smaller")
+        result.warnings.append(message)
+        logger.warning(message)
+    return result
+
+
+def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[QuantizationConfig] = None,
+             validation: Optional[Sequence[torch.Tensor]] = None, **options) -> QuantizedModel:
+    """Quantize ``model`` to int8 with ``calibration`` data; returns the artifact and what was measured.
+
+    Args:
+        model: a (pruned or dense) ``torch.nn.Module``; it is not modified.
+        calibration: from :func:`monai_prune.quantization.calibration_data`.
+        config: a :class:`QuantizationConfig`; keyword ``options`` override its fields.
+        validation: held-out inputs shaped like the calibration samples, for the fidelity check (a
+            ``CalibrationSet`` from other data works); default: the calibration samples, and the report says so.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(calibration, CalibrationSet):
+        raise InputError("calibration must come from monai_prune.quantization.calibration_data(...)")
+    if len(calibration) == 0:
+        raise ConfigError("the calibration set is empty")
+    config = QuantizationConfig(**{**asdict(config), **options}) if config is not None else QuantizationConfig(**options)
+    config.validate()
+    example = calibration.samples[0]
+    warnings_ = []
+    if validation is None:
+        validation = calibration.samples
+        warnings_.append("fidelity measured on the calibration samples: give validation= held-out data")
+    validation = [v if v.dim() == example.dim() else v.unsqueeze(0) for v in validation]
+    if not validation or any(tuple(v.shape[1:]) != tuple(example.shape[1:]) for v in validation):
+        raise InputError(f"validation inputs must be shaped like the calibration samples {tuple(example.shape)}")
+    out_dir = config.out_dir or tempfile.mkdtemp(prefix="monai_prune_int8_")
+    os.makedirs(out_dir, exist_ok=True)
+    fp32_onnx = export_onnx(model, example, os.path.join(out_dir, "model_fp32.onnx")).path
+    layers = _onnx_layers(fp32_onnx)
+    keep = sorted({n for nodes in _resolve_layers(config.keep_fp32, layers).values() for n in nodes})
+
+    backends = [config.backend] if config.backend != "auto" else [b for b in QUANT_BACKENDS if _available(b)
+                                                                   and config.method in METHODS[b]]
+    if config.backend != "auto" and not _available(config.backend):
+        raise BackendUnavailableError(f"backend {config.backend!r} is not installed: pip install 'monai-prune[openvino]'")
+    results: Dict[str, QuantizedModel] = {}
+    failures: Dict[str, str] = {}
+    for backend in backends:
+        try:
+            results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep)
+        except QuantizationError as e:
+            if config.backend != "auto":
+                raise
+            failures[backend] = str(e)
+            logger.warning("auto: %s", e)
+    if not results:
+        raise QuantizationError("no backend met the tolerances: " + "; ".join(f"{b}: {m}" for b, m in failures.items()))
+    best = min(results.values(), key=lambda r: r.latency_s["int8"])
+    best.warnings = warnings_ + best.warnings
+    best.candidates = {b: {"latency_s": r.latency_s, "fidelity": r.fidelity, "path": r.path,
+                           "size_bytes": r.size_bytes} for b, r in results.items()}
+    best.candidates.update({b: {"error": m} for b, m in failures.items()})
+    if len(results) > 1:
+        logger.info("auto: int8 on %s is the fastest (%s)", best.backend,
+                    ", ".join(f"{b} {r.latency_s['int8']:.4g} s" for b, r in results.items()))
+    best.report_path = atomic_write_text(os.path.join(out_dir, "quantization.json"),
+                                         json.dumps(best.to_dict(), indent=1, default=str))
+    logger.info("int8 (%s): %d layers int8, %d fp32; agreement %.4f, max |dlogit| %.3g; %.2fx vs fp32, %.1fx smaller",
+                best.backend, len(best.int8_layers), len(best.fp32_layers), best.fidelity["agreement"],
+                best.fidelity["max_abs_logit"], best.speedup, best.size_bytes["fp32"] / best.size_bytes["int8"])
+    return best
