@@ -149,7 +149,8 @@ def _onnx_layers(onnx_path: str) -> Dict[str, str]:
     """Weighted ONNX nodes (Conv, ConvTranspose, MatMul, Gemm) -> the torch module they come from.
 
     The exporter keeps parameter names as initializer names (``model.0.conv.unit0.conv.weight``), so the module
-    is the weight's name without ``.weight``; nodes without a named weight keep their node name.
+    is the weight's name without ``.weight``; where BatchNorm was folded into the weight (``onnx::Conv_12``) the
+    module comes from the node's scope name (:func:`_scope_to_module`).
     """
     import onnx
 
@@ -160,8 +161,24 @@ def _onnx_layers(onnx_path: str) -> Dict[str, str]:
         if node.op_type not in WEIGHTED_OPS:
             continue
         weight = next((i for i in node.input[1:] if i in initializers and i.endswith(".weight")), None)
-        layers[node.name] = weight[: -len(".weight")] if weight else node.name
+        layers[node.name] = weight[: -len(".weight")] if weight else _scope_to_module(node.name)
     return layers
+
+
+def _scope_to_module(node: str) -> str:
+    """``/model/model.1/submodule/submodule.0/conv/Conv`` -> ``model.1.submodule.0.conv``.
+
+    The TorchScript-based exporter names nodes by module scope, writing a container's child ``i`` of attribute
+    ``a`` as ``a`` followed by ``a.i``.
+    """
+    parts = node.strip("/").split("/")[:-1]
+    path: List[str] = []
+    for part in parts:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path) if path else node
 
 
 def _resolve_layers(names: Sequence[str], layers: Dict[str, str]) -> Dict[str, List[str]]:

@@ -1,0 +1,144 @@
+"""int8 post-training quantization: calibration from MONAI-style data, real int8 artifacts from ONNX Runtime and
+OpenVINO/NNCF, per-layer report, fidelity and speed measured, tolerance-driven fp32 fallback, clear errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from monai.data import Dataset, create_test_image_3d
+from monai.inferers import sliding_window_inference
+
+import monai_prune as mp
+from monai_prune.errors import ConfigError, InputError, QuantizationError
+from monai_prune.quantization import CalibrationSet, QuantizationConfig, calibration_data, quantize
+from conftest import small_unet
+
+ROI = (32, 32, 32)
+
+
+def _items(n=4, size=48, seed=0):
+    items = []
+    for i in range(n):
+        image, label = create_test_image_3d(size, size, size, rad_max=10, rad_min=4, num_seg_classes=1,
+                                            random_state=np.random.RandomState(seed + i))
+        items.append({"image": torch.as_tensor(image)[None], "label": torch.as_tensor(label)[None]})
+    return items
+
+
+@pytest.fixture(scope="module")
+def data():
+    items = _items()
+    return calibration_data(items, 6, roi_size=ROI), calibration_data(_items(seed=50), 3, roi_size=ROI, seed=1)
+
+
+def test_calibration_patches_follow_the_foreground_share_and_are_identified_by_content():
+    items = _items()
+    all_fg = calibration_data(Dataset(items), 8, roi_size=ROI, foreground_ratio=1.0)
+    assert len(all_fg) == 8 and all_fg.shape == (1, 1, *ROI) and all_fg.foreground_patches == 8
+    labels = [torch.as_tensor(i["label"]) for i in items]
+    assert all_fg.describe()["sha256"] == all_fg.sha256 and "image" not in json.dumps(all_fg.describe())
+    none_fg = calibration_data(items, 8, roi_size=ROI, foreground_ratio=0.0)
+    assert none_fg.foreground_patches == 0
+    again = calibration_data(items, 8, roi_size=ROI, foreground_ratio=1.0)
+    assert again.sha256 == all_fg.sha256  # reproducible for a seed
+    assert calibration_data(items, 8, roi_size=ROI, foreground_ratio=1.0, seed=3).sha256 != all_fg.sha256
+    assert len(labels) == 4
+    # foreground-centred patches contain foreground; images smaller than the roi are zero-padded
+    small = calibration_data([torch.ones(1, 20, 20, 20)], 1, roi_size=ROI)
+    assert small.shape == (1, 1, *ROI) and float(small.samples[0].sum()) == 20 ** 3
+    # whole images when no roi is given
+    assert calibration_data([torch.rand(1, 16, 16, 16)] * 2, 3).shape == (1, 1, 16, 16, 16)
+
+
+def test_bad_calibration_input_fails_before_quantization():
+    with pytest.raises(ConfigError, match="empty"):
+        calibration_data([], 4, roi_size=ROI)
+    with pytest.raises(ConfigError, match="num_samples"):
+        calibration_data(_items(1), 0, roi_size=ROI)
+    bad = torch.rand(1, 40, 40, 40)
+    bad[0, 3, 3, 3] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        calibration_data([bad], 2, roi_size=ROI)
+    with pytest.raises(InputError, match="dimensions"):
+        calibration_data([torch.rand(1, 40, 40)], 2, roi_size=ROI)
+    with pytest.raises(InputError, match="different shapes"):
+        calibration_data([torch.rand(1, 16, 16, 16), torch.rand(1, 20, 20, 20)], 2)
+    with pytest.raises(InputError, match="calibration_data"):
+        quantize(small_unet(), [torch.rand(1, 1, *ROI)])
+
+
+def test_onnxruntime_int8_reports_layers_fidelity_and_speed(data, tmp_path):
+    cal, val = data
+    net = small_unet().eval()
+    result = mp.quantize(net, cal, QuantizationConfig(backend="onnxruntime", keep_fp32=["model.2"],
+                                                       out_dir=str(tmp_path)), validation=val.samples)
+    assert result.path.endswith("model_int8.onnx") and os.path.isfile(result.path)
+    assert result.int8_layers and all(not n.startswith("model.2.") for n in result.int8_layers)
+    assert {"model.2.0.conv", "model.2.1.conv.unit0.conv"} <= set(result.fp32_layers)
+    modules = dict(net.named_modules())
+    assert all(n in modules for n in result.int8_layers + result.fp32_layers)  # reported by torch module name
+    assert result.size_bytes["fp32"] / result.size_bytes["int8"] > 2.5
+    f = result.fidelity
+    assert 0.9 < f["agreement"] <= 1.0 and 0 < f["max_abs_logit"] < 1.0 and set(f["dice_vs_fp32"]) == {"0", "1"}
+    assert result.latency_s["int8"] > 0 and result.latency_s["fp32"] > 0
+    assert result.slower_than_fp32 == (result.latency_s["int8"] > result.latency_s["fp32"])
+    assert any("SLOWER" in w for w in result.warnings) == result.slower_than_fp32
+    assert result.recommended == (result.fp32_path if result.slower_than_fp32 else result.path)
+    saved = json.loads(open(result.report_path).read())
+    assert saved["calibration"]["sha256"] == cal.sha256 and saved["int8_layers"] == result.int8_layers
+    # the int8 file runs through the foundation's Predictor in MONAI's sliding-window inferer
+    volume = torch.as_tensor(_items(1, size=48, seed=9)[0]["image"])[None].float()
+    with torch.no_grad():
+        int8_out = sliding_window_inference(volume, ROI, 2, result.predictor("int8"), overlap=0.25)
+        ref = sliding_window_inference(volume, ROI, 2, net, overlap=0.25)
+    assert int8_out.shape == ref.shape
+    assert (int8_out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+    # the user's model was not touched
+    assert not any(m.__class__.__name__.startswith("Quant") for m in net.modules())
+
+
+def test_openvino_int8_is_real_int8(data, tmp_path):
+    pytest.importorskip("nncf")
+    cal, val = data
+    result = quantize(small_unet().eval(), cal, backend="openvino", out_dir=str(tmp_path), validation=val.samples)
+    assert result.backend == "openvino" and result.path.endswith(".xml") and os.path.isfile(result.path[:-4] + ".bin")
+    assert len(result.int8_layers) >= 10  # the convolutions run int8 (FakeQuantize on their inputs)
+    assert result.fidelity["agreement"] > 0.95
+    assert result.size_bytes["fp32"] / result.size_bytes["int8"] > 2.5
+    with torch.no_grad():
+        out = result.predictor("int8")(val.samples[0])
+    assert tuple(out.shape) == (1, 2, *ROI)
+
+
+def test_tolerance_drives_fp32_fallback_or_a_clear_failure(data, tmp_path):
+    cal, val = data
+    net = small_unet().eval()
+    base = quantize(net, cal, backend="onnxruntime", out_dir=str(tmp_path / "base"), validation=val.samples)
+    assert base.fallback_layers == []
+    tol = 0.6 * base.fidelity["max_abs_logit"]
+    held = quantize(net, cal, backend="onnxruntime", out_dir=str(tmp_path / "held"), validation=val.samples,
+                    max_delta={"max_abs_logit": tol}, max_fallback_layers=18)
+    assert held.fallback_layers and held.fidelity["max_abs_logit"] <= tol < base.fidelity["max_abs_logit"]
+    assert set(held.fallback_layers) <= set(held.fp32_layers)
+    assert len(held.int8_layers) == len(base.int8_layers) - len(held.fallback_layers)
+    assert not [f for f in os.listdir(tmp_path / "held") if "probe" in f]  # sensitivity probes cleaned up
+    with pytest.raises(QuantizationError, match="most sensitive"):
+        quantize(net, cal, backend="onnxruntime", out_dir=str(tmp_path / "never"), validation=val.samples,
+                 max_delta={"max_abs_logit": 0.0}, max_fallback_layers=1)
+
+
+def test_bad_quantization_config(data):
+    cal, _ = data
+    net = small_unet()
+    for kwargs, match in (({"backend": "tensorrt"}, "backend must be"), ({"method": "magic"}, "method must be"),
+                          ({"backend": "openvino", "method": "entropy"}, "calibrates with"),
+                          ({"max_delta": {"auc": 0.1}}, "max_delta keys"),
+                          ({"max_delta": {"dice": -1}}, "non-negative"),
+                          ({"keep_fp32": ["model.9"]}, "does not have")):
+        with pytest.raises(ConfigError, match=match):
+            quantize(net, cal, backend=kwargs.pop("backend", "onnxruntime"), **kwargs)
+    with pytest.raises(InputError, match="shaped like"):
+        quantize(net, cal, backend="onnxruntime", validation=[torch.rand(1, 1, 16, 16, 16)])
+    assert isinstance(cal, CalibrationSet)
