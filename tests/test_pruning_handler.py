@@ -183,3 +183,17 @@ def test_compression_stats_follow_the_shrinking_network():
     assert m["model_params_ratio"] < 0.35 and m["model_size_bytes"] > 0 and m["model_zero_fraction"] < 0.01
     with pytest.raises(ConfigError, match="event must be"):
         CompressionStatsHandler(net, X, event="WHENEVER")
+
+
+def test_unprunable_inputs_fail_when_the_handler_is_built():
+    from monai.networks.nets import UNet
+
+    net = small_unet()
+    fits = LinearSchedule(final=0.5, start_epoch=1, end_epoch=1)
+    everything = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    with pytest.raises(ConfigError, match="no prunable channel group"):
+        PruningHandler(net, torch.optim.SGD(net.parameters(), lr=0.1), schedule=fits, example_input=X,
+                       ignore=everything)
+    odd = UNet(3, 1, 2, (6, 12, 24), (2, 2), num_res_units=1)  # 6 input channels: 4 does not divide them
+    with pytest.raises(ConfigError, match="does not divide"):
+        PruningHandler(odd, torch.optim.SGD(odd.parameters(), lr=0.1), method="nm", nm=(2, 4), schedule=fits)

@@ -129,9 +129,19 @@ class PruningHandler:
         self.plan: Optional[PruningPlan] = None
         self.achieved = 0.0
         self._cost: Optional[Dict[str, float]] = None  # params/MACs, measured again only when the network changes
+        self._precheck()
         self._widths0 = self._widths()
         self._macs0 = count_macs(self.network, example_input) if example_input is not None else 0
         self._params0 = count_params(self.network)
+
+    def _precheck(self) -> None:
+        """Fail now, not at the first pruning step mid-training: nothing prunable, N:M that does not fit."""
+        if self.method == "channel":
+            prune_channels(self.network, self.example_input, ratio=0.0, **self.options)  # traces; raises if no group
+        elif self.method == "nm":
+            nm_masks(self.network, *self.nm)
+        else:
+            magnitude_masks(self.network, 0.0, scope=self.scope, include_bias=self.include_bias)
 
     # ------------------------------------------------------------------ ignite protocol
     def attach(self, engine: Engine) -> None:
