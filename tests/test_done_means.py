@@ -111,6 +111,8 @@ def test_scheduled_pruning_with_distillation_keeps_dice_and_removes_half_the_mac
     assert metrics["prune_sparsity"] == pytest.approx(FINAL, abs=0.01)  # the schedule's final sparsity, measured
     assert metrics["prune_target"] == FINAL
     compressed_dice = evaluator.state.metrics["val_dice"]
+    print(f"\ndone-means: dense Dice {dense_dice:.4f}, scheduled+KD Dice {compressed_dice:.4f}, MACs "
+          f"{metrics['prune_macs'] / macs0:.3f} of dense, channel sparsity {metrics['prune_sparsity']:.4f}")
     assert compressed_dice >= dense_dice - 0.05, (dense_dice, compressed_dice)
     logged = "\n".join(lines.lines)
     for key in ("prune_sparsity", "prune_macs", "kd_agreement", "kd_loss"):
