@@ -142,3 +142,19 @@ def test_bad_quantization_config(data):
     with pytest.raises(InputError, match="shaped like"):
         quantize(net, cal, backend="onnxruntime", validation=[torch.rand(1, 1, 16, 16, 16)])
     assert isinstance(cal, CalibrationSet)
+
+
+def test_fidelity_against_labels_bounds_the_dice_drop(tmp_path):
+
+    items = _items(4, size=32, seed=70)
+    cal = calibration_data(items, 4, roi_size=ROI)
+    net = small_unet().eval()
+    pairs = [(i["image"][None].float(), i["label"]) for i in items]
+    result = quantize(net, cal, backend="onnxruntime", out_dir=str(tmp_path), validation=pairs,
+                      max_delta={"dice": 1.0})
+    f = result.fidelity
+    assert set(f["dice_fp32"]) == set(f["dice_int8"]) == {"0", "1"}
+    assert f["dice_drop"] == pytest.approx(f["dice_fp32"]["1"] - f["dice_int8"]["1"])
+    assert result.fallback_layers == []  # a drop of at most 1.0 always holds
+    with pytest.raises(InputError, match="one value per voxel"):
+        quantize(net, cal, backend="onnxruntime", validation=[(pairs[0][0], torch.zeros(5))])

@@ -254,25 +254,42 @@ class _Runner:
         return compiled(x)[compiled.output(0)]
 
 
-def _fidelity(fp32: _Runner, int8: _Runner, inputs: Sequence[torch.Tensor]) -> Dict[str, object]:
+def _dice_counts(pred: np.ndarray, ref: np.ndarray, classes: int, inter: Dict[int, float], sums: Dict[int, float]):
+    for c in range(classes):
+        a, b = pred == c, ref == c
+        inter[c] = inter.get(c, 0.0) + float((a & b).sum())
+        sums[c] = sums.get(c, 0.0) + float(a.sum() + b.sum())
+
+
+def _dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
+    return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
+
+
+def _fidelity(fp32: _Runner, int8: _Runner, inputs: Sequence[torch.Tensor],
+              labels: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, object]:
+    """int8 vs fp32 on ``inputs``; with ``labels``, also each one's per-class Dice against the labels."""
     agree = total = 0
     max_abs = 0.0
-    inter: Dict[int, float] = {}
-    sums: Dict[int, float] = {}
-    for x in inputs:
+    between: tuple = ({}, {})
+    truth = {"fp32": ({}, {}), "int8": ({}, {})}
+    for i, x in enumerate(inputs):
         a, b = fp32(x.numpy()), int8(x.numpy())
         max_abs = max(max_abs, float(np.abs(a - b).max()))
         pa, pb = a.argmax(1), b.argmax(1)
         agree += int((pa == pb).sum())
         total += pa.size
         if a.ndim > 2:  # segmentation: per-class Dice between the two label maps
-            for c in range(a.shape[1]):
-                ia, ib = pa == c, pb == c
-                inter[c] = inter.get(c, 0.0) + float((ia & ib).sum())
-                sums[c] = sums.get(c, 0.0) + float(ia.sum() + ib.sum())
+            _dice_counts(pb, pa, a.shape[1], *between)
+            if labels is not None:
+                ref = np.asarray(labels[i]).reshape(pa.shape)
+                _dice_counts(pa, ref, a.shape[1], *truth["fp32"])
+                _dice_counts(pb, ref, a.shape[1], *truth["int8"])
     result: Dict[str, object] = {"agreement": agree / total, "max_abs_logit": max_abs, "samples": len(inputs)}
-    if sums:
-        result["dice_vs_fp32"] = {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
+    if between[1]:
+        result["dice_vs_fp32"] = _dice(*between)
+    if labels is not None and truth["fp32"][1]:
+        d32, d8 = _dice(*truth["fp32"]), _dice(*truth["int8"])
+        result.update(dice_fp32=d32, dice_int8=d8, dice_drop=max(d32[c] - d8[c] for c in d32 if c != "0"))
     return result
 
 
@@ -283,8 +300,9 @@ def _violations(fidelity: Dict[str, object], max_delta: Dict[str, float]) -> Dic
         over["max_abs_logit"] = fidelity["max_abs_logit"] - max_delta["max_abs_logit"]
     if "agreement" in max_delta and 1 - fidelity["agreement"] > max_delta["agreement"]:
         over["agreement"] = 1 - fidelity["agreement"] - max_delta["agreement"]
-    if "dice" in max_delta and "dice_vs_fp32" in fidelity:
-        worst = 1 - min(fidelity["dice_vs_fp32"].values())
+    if "dice" in max_delta and ("dice_drop" in fidelity or "dice_vs_fp32" in fidelity):
+        # against labels when given (the Dice the user would lose), else against the fp32 segmentation
+        worst = fidelity["dice_drop"] if "dice_drop" in fidelity else 1 - min(fidelity["dice_vs_fp32"].values())
         if worst > max_delta["dice"]:
             over["dice"] = worst - max_delta["dice"]
     return over
@@ -381,12 +399,13 @@ def _available(backend: str) -> bool:
     return True
 
 
-def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep) -> QuantizedModel:
+def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep,
+                  labels=None) -> QuantizedModel:
     fp32_path = _fp32_file(backend, fp32_onnx, out_dir)
     fp32_runner = _Runner(fp32_path, backend)
     excluded = list(keep)
     path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded)
-    fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation)
+    fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation, labels)
     fallback: List[str] = []
     over = _violations(fidelity, config.max_delta)
     if over:
@@ -395,14 +414,14 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
         sensitivity = {}
         for i, layer in enumerate(candidates):  # quantize this layer alone, measure the damage
             alone = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded, only=[layer], tag="_probe")
-            sensitivity[layer] = _error_score(_fidelity(fp32_runner, _Runner(alone, backend), validation))
+            sensitivity[layer] = _error_score(_fidelity(fp32_runner, _Runner(alone, backend), validation, labels))
         ranked = sorted(candidates, key=lambda n: -sensitivity[n])
         for layer in ranked:
             if len(fallback) >= config.max_fallback_layers:
                 break
             fallback.append(layer)
             path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded + fallback)
-            fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation)
+            fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation, labels)
             over = _violations(fidelity, config.max_delta)
             logger.info("kept %s in fp32 (sensitivity %.4g): %s", layers[layer], sensitivity[layer],
                         "tolerances hold" if not over else f"still over by {over}")
@@ -445,7 +464,9 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
         calibration: from :func:`monai_prune.quantization.calibration_data`.
         config: a :class:`QuantizationConfig`; keyword ``options`` override its fields.
         validation: held-out inputs shaped like the calibration samples, for the fidelity check (a
-            ``CalibrationSet`` from other data works); default: the calibration samples, and the report says so.
+            ``CalibrationSet`` from other data works), or ``(input, label)`` pairs / ``{"image", "label"}`` dicts:
+            then per-class Dice against the labels is measured for fp32 and int8 and ``max_delta["dice"]`` bounds
+            its drop. Default: the calibration samples, and the report says so.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
@@ -460,7 +481,16 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
     if validation is None:
         validation = calibration.samples
         warnings_.append("fidelity measured on the calibration samples: give validation= held-out data")
+    labels = None
+    pairs = [v for v in validation if isinstance(v, (tuple, list, dict))]
+    if pairs:
+        if len(pairs) != len(validation):
+            raise InputError("validation mixes plain inputs and (input, label) pairs")
+        labels = [torch.as_tensor(v["label"] if isinstance(v, dict) else v[1]) for v in validation]
+        validation = [torch.as_tensor(v["image"] if isinstance(v, dict) else v[0]).float() for v in validation]
     validation = [v if v.dim() == example.dim() else v.unsqueeze(0) for v in validation]
+    if labels is not None and any(lab.numel() != v[0, 0].numel() for lab, v in zip(labels, validation)):
+        raise InputError("each validation label must have one value per voxel of its input")
     if not validation or any(tuple(v.shape[1:]) != tuple(example.shape[1:]) for v in validation):
         raise InputError(f"validation inputs must be shaped like the calibration samples {tuple(example.shape)}")
     out_dir = config.out_dir or tempfile.mkdtemp(prefix="monai_prune_int8_")
@@ -477,7 +507,8 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
     failures: Dict[str, str] = {}
     for backend in backends:
         try:
-            results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep)
+            results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep,
+                                             labels)
         except QuantizationError as e:
             if config.backend != "auto":
                 raise
