@@ -137,7 +137,8 @@ class PruningHandler:
     def _precheck(self) -> None:
         """Fail now, not at the first pruning step mid-training: nothing prunable, N:M that does not fit."""
         if self.method == "channel":
-            prune_channels(self.network, self.example_input, ratio=0.0, **self.options)  # traces; raises if no group
+            structure_only = {**self.options, "importance": "l1"}  # no gradients needed to find the groups
+            prune_channels(self.network, self.example_input, ratio=0.0, **structure_only)  # raises if no group
         elif self.method == "nm":
             nm_masks(self.network, *self.nm)
         else:
