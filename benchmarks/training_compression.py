@@ -38,20 +38,12 @@ import torch
 from monai_prune import count_macs, count_params, prune_channels
 from monai_prune.data import write_ct_dataset
 from monai_prune.demo import DemoConfig, compress_while_training, quick_config
-from monai_prune.layers import PRUNABLE_TYPES, layer_out_dim
+from monai_prune.layers import channel_sparsity, layer_widths
 from monai_prune.report import markdown_table
 from monai_prune.utils import atomic_write_text, configure_logging
 from monai_prune.workflows import segmentation_dice, spleen_unet, train_segmentation
 
 logger = logging.getLogger("monai_prune.benchmarks")
-
-
-def channel_sparsity(dense: torch.nn.Module, pruned: torch.nn.Module, kept_layers) -> float:
-    """Fraction of output channels removed over the prunable layers that may be pruned."""
-    before = {n: layer_out_dim(m) for n, m in dense.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-    after = {n: layer_out_dim(m) for n, m in pruned.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-    names = [n for n in before if n not in set(kept_layers)]
-    return 1.0 - sum(after[n] for n in names) / sum(before[n] for n in names)
 
 
 def main() -> None:
@@ -95,7 +87,7 @@ def main() -> None:
     logger.info("one-shot: prune %.2f of the channels, fine-tune %d epochs", config.ratio, config.finetune_epochs)
     one_shot, plan = prune_channels(dense, example, ratio=config.ratio)
     train_segmentation(one_shot, train, config.finetune_epochs, roi=config.train_roi, lr=5e-4, seed=config.seed + 1)
-    variants["one-shot"] = (one_shot, channel_sparsity(dense, one_shot, plan.kept_layers))
+    variants["one-shot"] = (one_shot, channel_sparsity(layer_widths(dense), layer_widths(one_shot), plan.kept_layers))
     for name, distill in (("scheduled", False), ("scheduled+KD", True)):
         logger.info("%s: cubic schedule over epochs 1-%d of %d", name, config.schedule_end, config.finetune_epochs)
         net, found = compress_while_training(dense, train, config, example, distill=distill)

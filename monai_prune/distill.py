@@ -55,13 +55,19 @@ class DistillationLoss(torch.nn.Module):
         super().__init__()
         if not callable(task_loss):
             raise ConfigError("task_loss must be the trainer's loss function")
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.validate(alpha, temperature, direction)
         self.task_loss, self.alpha, self.temperature, self.direction = task_loss, alpha, temperature, direction
         self.epoch = 0
         self.teacher_output: Optional[torch.Tensor] = None
         self.last_kd: Optional[float] = None
-        self._check(self.current(alpha), self.current(temperature))
+
+    @classmethod
+    def validate(cls, alpha: Schedulable, temperature: Schedulable, direction: str = "teacher_student") -> None:
+        """Raise ``ConfigError`` for arguments that would fail mid-training (values checked at epoch 0)."""
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        at_start = [float(v(0)) if callable(v) else float(v) for v in (alpha, temperature)]
+        cls._check(*at_start)
 
     @staticmethod
     def _check(alpha: float, temperature: float) -> None:

@@ -21,6 +21,7 @@ from monai.utils import set_determinism
 import monai_prune as mp
 from monai_prune.handlers import DistillationHandler, PruningHandler
 from monai_prune.schedules import CubicSchedule
+from test_pruning_handler import _Lines
 
 pytestmark = pytest.mark.slow
 SIZE = 32
@@ -71,15 +72,6 @@ def _compressing(net, epochs):
     pruner.attach(trainer)
     distiller.attach(trainer)
     return trainer, evaluator, opt, pruner, distiller
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ class DistillationHandler:
             p.requires_grad_(False)
         self.alpha, self.temperature, self.direction = alpha, temperature, direction
         self.logger = logging.getLogger(name) if name else None
-        DistillationLoss(lambda p, y: 0, alpha, temperature, direction)  # bad arguments fail here, not mid-training
+        DistillationLoss.validate(alpha, temperature, direction)  # bad arguments fail here, not mid-training
         self.loss: Optional[DistillationLoss] = None  # set by attach()
         self._snapshot_pending = teacher is None  # refresh the copy when training starts
         self._agree = self._total = 0

@@ -14,10 +14,10 @@ from torch import nn
 from ..distributed import broadcast_from_rank0, rank, refresh_ddp, unwrap_ddp
 from ..errors import ConfigError, InputError, PlanMismatchError
 from ..importance import TaylorAccumulator
-from ..layers import PRUNABLE_TYPES, layer_out_dim
+from ..layers import channel_sparsity, layer_widths
 from ..measure import count_macs, count_params
 from ..pruning.channel import prune_channels
-from ..pruning.inplace import apply_plan_inplace
+from ..pruning.inplace import apply_plan_inplace, prune_channels_inplace
 from ..pruning.plan import PruningPlan, architecture_signature
 from ..schedules import SparsitySchedule
 from ..sparsity import MaskKeeper, magnitude_masks, measured_sparsity, nm_masks
@@ -129,20 +129,22 @@ class PruningHandler:
         self.plan: Optional[PruningPlan] = None
         self.achieved = 0.0
         self._cost: Optional[Dict[str, float]] = None  # params/MACs, measured again only when the network changes
-        self._precheck()
-        self._widths0 = self._widths()
-        self._macs0 = count_macs(self.network, example_input) if example_input is not None else 0
+        self._widths0 = layer_widths(self.network)
+        self._macs0 = self._precheck()
         self._params0 = count_params(self.network)
 
-    def _precheck(self) -> None:
-        """Fail now, not at the first pruning step mid-training: nothing prunable, N:M that does not fit."""
+    def _precheck(self) -> int:
+        """Fail now, not at the first pruning step mid-training: nothing prunable, N:M that does not fit.
+        Returns the dense MACs on ``example_input`` (0 without one)."""
         if self.method == "channel":
             structure_only = {**self.options, "importance": "l1"}  # no gradients needed to find the groups
-            prune_channels(self.network, self.example_input, ratio=0.0, **structure_only)  # raises if no group
-        elif self.method == "nm":
+            _, plan = prune_channels(self.network, self.example_input, ratio=0.0, **structure_only)  # raises if none
+            return plan.stats["macs_before"]
+        if self.method == "nm":
             nm_masks(self.network, *self.nm)
         else:
             magnitude_masks(self.network, 0.0, scope=self.scope, include_bias=self.include_bias)
+        return count_macs(self.network, self.example_input) if self.example_input is not None else 0
 
     # ------------------------------------------------------------------ ignite protocol
     def attach(self, engine: Engine) -> None:
@@ -209,12 +211,9 @@ class PruningHandler:
             ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
             was_training = self.network.training
             layer_ratios = self._layer_ratios(target)
-            step_plan = broadcast_from_rank0(lambda: prune_channels(
-                self.network, self.example_input, ratio=ratio, taylor_scores=scores, layer_ratios=layer_ratios,
-                **self.options)[1].to_json())
-            step_plan = PruningPlan.from_dict(json.loads(step_plan))
-            apply_plan_inplace(self.network, step_plan, self.optimizer)
-            self.plan = self.plan.extend(step_plan) if self.plan is not None else step_plan
+            self.plan = prune_channels_inplace(self.network, self.example_input, ratio, optimizer=self.optimizer,
+                                               plan=self.plan, taylor_scores=scores, layer_ratios=layer_ratios,
+                                               **self.options)
             self.plan.network_def = self.network_def
             self.network.train(was_training)
             refresh_ddp(self.wrapper)
@@ -237,7 +236,7 @@ class PruningHandler:
         torch-pruning keeps int(width * (1 - ratio)) channels, hence the half channel.
         """
         ratios = {}
-        for name, width in self._widths().items():
+        for name, width in layer_widths(self.network).items():
             keep = max(1, int(round(self._widths0[name] * (1.0 - target))))
             ratios[name] = 1.0 - (keep + 0.5) / width if width > keep else 0.0
         return ratios
@@ -268,17 +267,11 @@ class PruningHandler:
                              measured_sparsity(self.network, self.masks))
 
     # ------------------------------------------------------------------ measurement
-    def _widths(self) -> Dict[str, int]:
-        return {n: layer_out_dim(m) for n, m in self.network.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-
     def measure(self) -> Dict[str, float]:
         """Measured now: channel sparsity over the prunable layers, params, MACs (and their ratios)."""
         if self.method == "channel":
-            kept = set(self.plan.kept_layers) if self.plan else set()
-            now = self._widths()
-            names = [n for n in self._widths0 if n not in kept]
-            before = sum(self._widths0[n] for n in names)
-            sparsity = 1.0 - sum(now[n] for n in names) / before if before else 0.0
+            sparsity = channel_sparsity(self._widths0, layer_widths(self.network),
+                                        self.plan.kept_layers if self.plan else ())
         else:
             sparsity = measured_sparsity(self.network, self.masks) if self.masks else 0.0
         if self._cost is None:  # a forward pass: not on every iteration, only after the network changed

@@ -16,6 +16,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from ..distributed import broadcast_from_rank0
 from ..errors import PlanMismatchError
 from .channel import prune_channels
 from .plan import PruningPlan, replay_steps
@@ -95,12 +96,14 @@ def prune_channels_inplace(
 ) -> PruningPlan:
     """Remove ``ratio`` of the channels of every group of ``model`` itself; returns the (accumulated) plan.
 
-    With ``optimizer``, its parameter groups and state are rebuilt for the pruned parameters. With ``plan``
+    With ``optimizer``, its parameter groups and state are rebuilt for the pruned parameters. Under an initialised
+    process group the channels are chosen on rank 0 and broadcast. With ``plan``
     (what earlier steps returned), the new steps are appended so one plan rebuilds the final network from the
     original constructor.
     """
     if optimizer is not None:
         _check_optimizer(optimizer, {id(p): n for n, p in model.named_parameters()})
-    _, step_plan = prune_channels(model, example_input, ratio=ratio, **options)
+    # under torchrun every rank must remove the same channels: rank 0 decides, the others receive its plan
+    step_plan = broadcast_from_rank0(lambda: prune_channels(model, example_input, ratio=ratio, **options)[1])
     apply_plan_inplace(model, step_plan, optimizer)
     return plan.extend(step_plan) if plan is not None else step_plan

@@ -43,6 +43,7 @@ QUANT_BACKENDS = ("onnxruntime", "openvino")
 METHODS = {"onnxruntime": ("minmax", "percentile", "entropy"), "openvino": ("minmax",)}
 DELTA_KEYS = ("max_abs_logit", "agreement", "dice")
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+ONNX_INPUT = "input"  # the input name export_onnx gives
 
 
 @dataclass
@@ -265,15 +266,16 @@ def _dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
     return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
 
 
-def _fidelity(fp32: _Runner, int8: _Runner, inputs: Sequence[torch.Tensor],
+def _fidelity(fp32_outputs: Sequence[np.ndarray], int8: _Runner, inputs: Sequence[torch.Tensor],
               labels: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, object]:
-    """int8 vs fp32 on ``inputs``; with ``labels``, also each one's per-class Dice against the labels."""
+    """int8 vs fp32 (outputs computed once per backend) on ``inputs``; with ``labels``, also each one's
+    per-class Dice against the labels."""
     agree = total = 0
     max_abs = 0.0
     between: tuple = ({}, {})
     truth = {"fp32": ({}, {}), "int8": ({}, {})}
     for i, x in enumerate(inputs):
-        a, b = fp32(x.numpy()), int8(x.numpy())
+        a, b = fp32_outputs[i], int8(x.numpy())
         max_abs = max(max_abs, float(np.abs(a - b).max()))
         pa, pb = a.argmax(1), b.argmax(1)
         agree += int((pa == pb).sum())
@@ -322,7 +324,7 @@ def _quantize_ort(fp32_path: str, out_path: str, calibration: CalibrationSet, co
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[config.method]
     quantize_static(
-        fp32_path, out_path, calibration.onnxruntime_reader(_session(fp32_path).get_inputs()[0].name),
+        fp32_path, out_path, calibration.onnxruntime_reader(ONNX_INPUT),
         quant_format=QuantFormat.QDQ, per_channel=config.per_channel, activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
         nodes_to_quantize=list(only) if only is not None else None,
@@ -332,14 +334,13 @@ def _quantize_ort(fp32_path: str, out_path: str, calibration: CalibrationSet, co
 
 
 def _quantize_ov(fp32_path: str, out_path: str, calibration: CalibrationSet, config: QuantizationConfig,
-                 exclude: Sequence[str], only: Optional[Sequence[str]] = None):
+                 exclude: Sequence[str], only: Optional[Sequence[str]] = None, layers: Sequence[str] = ()):
     try:
         import nncf
         import openvino as ov
     except ImportError as e:
         raise BackendUnavailableError("int8 for OpenVINO needs openvino and nncf: pip install 'monai-prune[openvino]'") from e
     model = ov.convert_model(fp32_path)
-    layers = _onnx_layers(fp32_path)
     excluded = set(exclude) | (set(layers) - set(only) if only is not None else set())
     excluded = {n for name in excluded for n in (name, f"{name}/WithoutBiases")}  # OpenVINO's name for a Conv
     scope = nncf.IgnoredScope(names=sorted(excluded), validate=False) if excluded else None
@@ -352,11 +353,12 @@ def _quantize_ov(fp32_path: str, out_path: str, calibration: CalibrationSet, con
 
 
 def _run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: CalibrationSet, config: QuantizationConfig,
-                 exclude: Sequence[str], only: Optional[Sequence[str]] = None, tag: str = "") -> str:
+                 layers: Sequence[str], exclude: Sequence[str], only: Optional[Sequence[str]] = None,
+                 tag: str = "") -> str:
     name = f"model_int8{tag}"
     if backend == "onnxruntime":
         return _quantize_ort(fp32_onnx, os.path.join(out_dir, name + ".onnx"), calibration, config, exclude, only)
-    return _quantize_ov(fp32_onnx, os.path.join(out_dir, name + ".xml"), calibration, config, exclude, only)
+    return _quantize_ov(fp32_onnx, os.path.join(out_dir, name + ".xml"), calibration, config, exclude, only, layers)
 
 
 def _int8_layers(backend: str, path: str, layers: Sequence[str]) -> List[str]:
@@ -403,9 +405,10 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
                   labels=None) -> QuantizedModel:
     fp32_path = _fp32_file(backend, fp32_onnx, out_dir)
     fp32_runner = _Runner(fp32_path, backend)
+    reference = [fp32_runner(x.numpy()) for x in validation]
     excluded = list(keep)
-    path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded)
-    fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation, labels)
+    path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded)
+    fidelity = _fidelity(reference, _Runner(path, backend), validation, labels)
     fallback: List[str] = []
     over = _violations(fidelity, config.max_delta)
     if over:
@@ -413,15 +416,16 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
         candidates = [n for n in _int8_layers(backend, path, list(layers)) if n not in excluded]
         sensitivity = {}
         for i, layer in enumerate(candidates):  # quantize this layer alone, measure the damage
-            alone = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded, only=[layer], tag="_probe")
-            sensitivity[layer] = _error_score(_fidelity(fp32_runner, _Runner(alone, backend), validation, labels))
+            alone = _run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded, only=[layer],
+                                 tag="_probe")
+            sensitivity[layer] = _error_score(_fidelity(reference, _Runner(alone, backend), validation, labels))
         ranked = sorted(candidates, key=lambda n: -sensitivity[n])
         for layer in ranked:
             if len(fallback) >= config.max_fallback_layers:
                 break
             fallback.append(layer)
-            path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, excluded + fallback)
-            fidelity = _fidelity(fp32_runner, _Runner(path, backend), validation, labels)
+            path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded + fallback)
+            fidelity = _fidelity(reference, _Runner(path, backend), validation, labels)
             over = _violations(fidelity, config.max_delta)
             logger.info("kept %s in fp32 (sensitivity %.4g): %s", layers[layer], sensitivity[layer],
                         "tolerances hold" if not over else f"still over by {over}")
