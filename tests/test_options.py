@@ -88,3 +88,12 @@ def test_targets_are_met_by_search(key):
 def test_unreachable_target():
     with pytest.raises(ValueError, match="cannot be reached"):
         mp.prune_channels(small_unet(), X, target_macs=0.0001)
+
+
+def test_pruning_leaves_the_callers_random_state_alone():
+    net = small_unet()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    mp.prune_channels(net, torch.zeros(1, 1, 32, 32, 32), ratio=0.5, importance="random")
+    assert torch.equal(torch.rand(3), expected)  # a training run's shuffling/augmentation is not reseeded

@@ -210,7 +210,13 @@ def _record_group(group, dg, names: Dict[nn.Module, str]) -> Dict[str, Any]:
 
 
 def _prune_once(model, example_input, ratio: float, config: ChannelPruningConfig, taylor, network_def):
-    torch.manual_seed(config.seed)
+    # seeded for "random" importance and tie-breaks, without touching the caller's RNG (a training run goes on)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _prune_seeded(model, example_input, ratio, config, taylor, network_def)
+
+
+def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConfig, taylor, network_def):
     work = copy.deepcopy(model).eval()
     inplace_flags = {m: m.inplace for m in work.modules() if isinstance(getattr(m, "inplace", None), bool)}
     disable_inplace(work)
