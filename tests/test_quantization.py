@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.data import Dataset, create_test_image_3d
+from monai.data import Dataset, create_test_image_2d, create_test_image_3d
 from monai.inferers import sliding_window_inference
 
 import monai_prune as mp
@@ -139,7 +139,8 @@ def test_bad_quantization_config(data):
     net = small_unet()
     for kwargs, match in (({"backend": "tensorrt"}, "backend must be"), ({"method": "magic"}, "method must be"),
                           ({"backend": "openvino", "method": "entropy"}, "calibrates with"),
-                          ({"max_delta": {"auc": 0.1}}, "max_delta keys"),
+                          ({"max_delta": {"hd95": 0.1}}, "max_delta keys"),
+                          ({"max_delta": {"auc": 0.1}}, "against labels"),
                           ({"max_delta": {"dice": -1}}, "non-negative"),
                           ({"keep_fp32": ["model.9"]}, "does not have")):
         with pytest.raises(ConfigError, match=match):
@@ -162,3 +163,61 @@ def test_fidelity_against_labels_bounds_the_dice_drop(tmp_path):
     assert result.fallback_layers == []  # a drop of at most 1.0 always holds
     with pytest.raises(InputError, match="one value per voxel"):
         quantize(net, cal, backend="onnxruntime", validation=[(pairs[0][0], torch.zeros(5))])
+
+
+def _classifier_data(n, seed):
+    """2D images with (class 1) or without (class 0) a bright disc; (1x1x32x32 input, class index) pairs."""
+    rng = np.random.RandomState(seed)
+    pairs = []
+    for i in range(n):
+        image = rng.rand(1, 32, 32).astype(np.float32) * 0.3
+        if i % 2:
+            disc, _ = create_test_image_2d(32, 32, num_objs=1, rad_max=8, rad_min=5, noise_max=0.0, random_state=rng)
+            image[0] += disc
+        pairs.append((torch.as_tensor(image)[None], torch.tensor(i % 2)))
+    return pairs
+
+
+def test_classifier_fidelity_reports_accuracy_and_auc_against_labels(tmp_path):
+    from monai.metrics import compute_roc_auc
+    from monai.networks.nets import DenseNet
+
+    torch.manual_seed(0)
+    net = DenseNet(spatial_dims=2, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+                   block_config=(2, 2), bn_size=2)
+    train = _classifier_data(16, seed=0)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(15):  # learns the disc / no-disc task well enough to have a meaningful AUC
+        x = torch.cat([p[0] for p in train])
+        y = torch.stack([p[1] for p in train])
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    net.eval()
+    val = _classifier_data(12, seed=1)
+    cal = calibration_data([p[0][0] for p in train], 8)
+    result = quantize(net, cal, backend="onnxruntime", out_dir=str(tmp_path), validation=val,
+                      max_delta={"accuracy": 1.0, "auc": 1.0})
+    f = result.fidelity
+    with torch.no_grad():
+        logits = torch.cat([net(p[0]) for p in val])
+    truth = torch.stack([p[1] for p in val])
+    assert f["accuracy_fp32"] == pytest.approx(float((logits.argmax(1) == truth).float().mean()))
+    assert f["accuracy_fp32"] > 0.5  # it did learn
+    auc1 = float(compute_roc_auc(torch.softmax(logits, 1)[:, 1], truth))
+    assert f["auc_fp32"]["1"] == pytest.approx(auc1, abs=1e-3)
+    assert set(f["auc_int8"]) == {"0", "1"} and f["samples"] == 12
+    assert f["accuracy_drop"] == pytest.approx(f["accuracy_fp32"] - f["accuracy_int8"])
+    assert f["auc_drop"] == pytest.approx(max(f["auc_fp32"][c] - f["auc_int8"][c] for c in "01"))
+    assert "dice_vs_fp32" not in f
+    # tolerances: checked against the measured drops; segmentation-only keys are refused for a classifier
+    from monai_prune.quantization.ptq import _violations
+
+    assert _violations({**f, "accuracy_drop": 0.25}, {"accuracy": 0.1}) == {"accuracy": pytest.approx(0.15)}
+    assert _violations({**f, "auc_drop": 0.0}, {"auc": 0.0}) == {}
+    with pytest.raises(ConfigError, match="does not apply to a classifier"):
+        quantize(net, cal, backend="onnxruntime", validation=val, max_delta={"dice": 0.1})
+    with pytest.raises(InputError, match="one class index per sample"):
+        quantize(net, cal, backend="onnxruntime", validation=[(val[0][0], torch.zeros(4))])
+    with pytest.raises(InputError, match="class indices"):
+        quantize(net, cal, backend="onnxruntime", validation=[(val[0][0], torch.tensor(5))])

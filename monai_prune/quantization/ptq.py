@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 QUANT_BACKENDS = ("onnxruntime", "openvino")
 METHODS = {"onnxruntime": ("minmax", "percentile", "entropy"), "openvino": ("minmax",)}
-DELTA_KEYS = ("max_abs_logit", "agreement", "dice")
+DELTA_KEYS = ("max_abs_logit", "agreement", "dice", "accuracy", "auc")
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 ONNX_INPUT = "input"  # the input name export_onnx gives
 
@@ -58,7 +58,9 @@ class QuantizationConfig:
         keep_fp32: layers never quantized, by torch module name (``"model.2.0.conv"``) or ONNX node name.
         max_delta: tolerances, int8 vs fp32 on the validation inputs: ``"max_abs_logit"`` (absolute),
             ``"agreement"`` (allowed drop of argmax agreement below 1), ``"dice"`` (allowed drop of the
-            per-class Dice between int8 and fp32 segmentations below 1). Empty: measure and report only.
+            per-class Dice between int8 and fp32 segmentations below 1, or of the per-class Dice against the labels
+            when validation has labels), and for classifiers with labels ``"accuracy"`` and ``"auc"`` (allowed
+            drop of accuracy and of each class's one-vs-rest AUC, int8 vs fp32). Empty: measure and report only.
         max_fallback_layers: give up (``QuantizationError``) when more layers than this would have to stay fp32.
         out_dir: where ``model_fp32.onnx``, the int8 artifact and ``quantization.json`` go (default: a new
             temporary folder, kept).
@@ -266,16 +268,37 @@ def _dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
     return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
 
 
+def _classification(outputs: Sequence[np.ndarray], labels: Sequence[torch.Tensor]) -> Dict[str, object]:
+    """Accuracy and per-class one-vs-rest AUC (MONAI's ``compute_roc_auc``) of logits against class labels."""
+    from monai.metrics import compute_roc_auc
+
+    logits = torch.as_tensor(np.concatenate(outputs))
+    truth = torch.cat([lab.reshape(-1).long() for lab in labels])
+    classes = logits.shape[1]
+    result: Dict[str, object] = {"accuracy": float((logits.argmax(1) == truth).float().mean())}
+    probs = torch.softmax(logits.float(), 1)
+    auc = {}
+    for c in range(classes):
+        positive = truth == c
+        if 0 < int(positive.sum()) < len(truth):  # AUC needs both positives and negatives
+            auc[str(c)] = float(compute_roc_auc(probs[:, c], positive.long()))
+    if auc:
+        result["auc"] = auc
+    return result
+
+
 def _fidelity(fp32_outputs: Sequence[np.ndarray], int8: _Runner, inputs: Sequence[torch.Tensor],
               labels: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, object]:
     """int8 vs fp32 (outputs computed once per backend) on ``inputs``; with ``labels``, also each one's
-    per-class Dice against the labels."""
+    per-class Dice (segmentation) or accuracy and per-class AUC (classification) against the labels."""
     agree = total = 0
     max_abs = 0.0
     between: tuple = ({}, {})
     truth = {"fp32": ({}, {}), "int8": ({}, {})}
+    int8_outputs = []
     for i, x in enumerate(inputs):
         a, b = fp32_outputs[i], int8(x.numpy())
+        int8_outputs.append(b)
         max_abs = max(max_abs, float(np.abs(a - b).max()))
         pa, pb = a.argmax(1), b.argmax(1)
         agree += int((pa == pb).sum())
@@ -292,6 +315,13 @@ def _fidelity(fp32_outputs: Sequence[np.ndarray], int8: _Runner, inputs: Sequenc
     if labels is not None and truth["fp32"][1]:
         d32, d8 = _dice(*truth["fp32"]), _dice(*truth["int8"])
         result.update(dice_fp32=d32, dice_int8=d8, dice_drop=max(d32[c] - d8[c] for c in d32 if c != "0"))
+    if labels is not None and fp32_outputs[0].ndim == 2:
+        c32, c8 = _classification(fp32_outputs, labels), _classification(int8_outputs, labels)
+        result.update(accuracy_fp32=c32["accuracy"], accuracy_int8=c8["accuracy"],
+                      accuracy_drop=c32["accuracy"] - c8["accuracy"])
+        if "auc" in c32:
+            result.update(auc_fp32=c32["auc"], auc_int8=c8["auc"],
+                          auc_drop=max(c32["auc"][c] - c8["auc"][c] for c in c32["auc"]))
     return result
 
 
@@ -307,6 +337,9 @@ def _violations(fidelity: Dict[str, object], max_delta: Dict[str, float]) -> Dic
         worst = fidelity["dice_drop"] if "dice_drop" in fidelity else 1 - min(fidelity["dice_vs_fp32"].values())
         if worst > max_delta["dice"]:
             over["dice"] = worst - max_delta["dice"]
+    for key in ("accuracy", "auc"):  # classification against labels
+        if key in max_delta and f"{key}_drop" in fidelity and fidelity[f"{key}_drop"] > max_delta[key]:
+            over[key] = fidelity[f"{key}_drop"] - max_delta[key]
     return over
 
 
@@ -459,6 +492,28 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
     return result
 
 
+def _check_labels(model: nn.Module, example: torch.Tensor, validation: Sequence[torch.Tensor],
+                  labels: Sequence[torch.Tensor], max_delta: Dict[str, float]) -> None:
+    """Labels fit the task the network's output shape says: one class per voxel (segmentation, output
+    ``B x C x spatial``) or one class index per sample (classification, output ``B x C``)."""
+    with torch.no_grad():
+        out = model.eval()(example[:1])
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    classifier = out.dim() == 2
+    for lab, v in zip(labels, validation):
+        wanted = v.shape[0] if classifier else v[0, 0].numel()
+        if lab.numel() != wanted:
+            kind = "one class index per sample" if classifier else "one value per voxel of its input"
+            raise InputError(f"each validation label must have {kind} (got {lab.numel()} values for an input of "
+                             f"shape {tuple(v.shape)})")
+    if classifier and any(float(lab.min()) < 0 or float(lab.max()) >= out.shape[1] for lab in labels):
+        raise InputError(f"classification labels must be class indices in [0, {out.shape[1]})")
+    wrong = [k for k in max_delta if k in (("dice",) if classifier else ("accuracy", "auc"))]
+    if wrong:
+        task = "a classifier" if classifier else "a segmentation network"
+        raise ConfigError(f"max_delta {wrong} does not apply to {task}")
+
+
 def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[QuantizationConfig] = None,
              validation: Optional[Sequence[torch.Tensor]] = None, **options) -> QuantizedModel:
     """Quantize ``model`` to int8 with ``calibration`` data; returns the artifact and what was measured.
@@ -469,8 +524,10 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
         config: a :class:`QuantizationConfig`; keyword ``options`` override its fields.
         validation: held-out inputs shaped like the calibration samples, for the fidelity check (a
             ``CalibrationSet`` from other data works), or ``(input, label)`` pairs / ``{"image", "label"}`` dicts:
-            then per-class Dice against the labels is measured for fp32 and int8 and ``max_delta["dice"]`` bounds
-            its drop. Default: the calibration samples, and the report says so.
+            then per-class Dice (segmentation; a label map per input) or accuracy and per-class AUC
+            (classification; a class index per sample) against the labels is measured for fp32 and int8, and
+            ``max_delta["dice"]`` / ``["accuracy"]`` / ``["auc"]`` bound the drop. Default: the calibration
+            samples, and the report says so.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
@@ -493,8 +550,11 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
         labels = [torch.as_tensor(v["label"] if isinstance(v, dict) else v[1]) for v in validation]
         validation = [torch.as_tensor(v["image"] if isinstance(v, dict) else v[0]).float() for v in validation]
     validation = [v if v.dim() == example.dim() else v.unsqueeze(0) for v in validation]
-    if labels is not None and any(lab.numel() != v[0, 0].numel() for lab, v in zip(labels, validation)):
-        raise InputError("each validation label must have one value per voxel of its input")
+    if labels is not None:
+        _check_labels(model, example, validation, labels, config.max_delta)
+    elif any(k in config.max_delta for k in ("accuracy", "auc")):
+        raise ConfigError("max_delta 'accuracy'/'auc' are measured against labels: give validation= as "
+                          "(input, class index) pairs")
     if not validation or any(tuple(v.shape[1:]) != tuple(example.shape[1:]) for v in validation):
         raise InputError(f"validation inputs must be shaped like the calibration samples {tuple(example.shape)}")
     out_dir = config.out_dir or tempfile.mkdtemp(prefix="monai_prune_int8_")
