@@ -77,12 +77,21 @@ def _cmd_demo(args) -> int:
     from .demo import DemoConfig, quick_config, run_demo
 
     config = quick_config(args.out) if args.quick else DemoConfig(out=args.out)
+    config.int8 = not args.no_int8
     results = run_demo(config)
-    d, p = results["dense"], results["pruned"]
+    d, p, q = results["dense"], results["pruned"], results.get("int8", {})
     print(f"dense  Dice {d['mean_dice']:.4f}  MACs {d['macs'] / 1e9:.2f}G  params {d['params'] / 1e6:.2f}M")
     print(f"pruned Dice {p['mean_dice']:.4f}  MACs {p['macs'] / 1e9:.2f}G  params {p['params'] / 1e6:.2f}M  "
           f"best backend {p['best_backend']}: {results['speedup_vs_dense_torch'][p['best_backend']]:.2f}x faster "
           "than dense torch eager")
+    if q.get("status") == "ok":
+        print(f"int8   Dice {q['mean_dice']:.4f}  {q['backend']}: {q['speedup_vs_dense_torch']:.2f}x faster than dense "
+              f"torch eager, {q['size_bytes']['fp32'] / q['size_bytes']['int8']:.1f}x smaller than pruned fp32; "
+              f"fp32 fallback: {', '.join(q['fallback_layers']) or 'none'}")
+        for warning in q["warnings"]:
+            print(f"WARNING: {warning}")
+    elif q.get("status") == "refused":
+        print(f"int8   REFUSED (Dice drop tolerance {q['max_delta']['dice']}): {q['reason']}")
     print(f"report: {results['report']}")
     return 0
 
@@ -150,6 +159,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train, prune, fine-tune, export and benchmark a 3D UNet on synthetic CT")
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     demo.add_argument("--quick", action="store_true", help="a tiny run (tens of seconds) for smoke tests")
+    demo.add_argument("--no-int8", action="store_true", help="skip quantizing the pruned model to int8")
     demo.set_defaults(func=_cmd_demo)
 
     prune = sub.add_parser("prune", help="prune a network's channels; write plan.json, model.pt, model.ts, model.onnx")

@@ -159,10 +159,24 @@ def export_openvino(onnx_path: str | os.PathLike, path: str | os.PathLike) -> Ex
     path = str(path)
     if not path.endswith(".xml"):
         raise InputError(f"an OpenVINO IR path must end in .xml, got {path}")
-    model = ov.convert_model(str(onnx_path))
+    return save_openvino_ir(ov.convert_model(str(onnx_path)), path)
+
+
+def save_openvino_ir(model, path: str | os.PathLike) -> ExportResult:
+    """Write an ``openvino.Model`` as IR (``.xml`` + ``.bin``, weights kept fp32) without leaving a half-written
+    pair: both files are written beside the target under temporary names, the ``.bin`` is moved first."""
+    import openvino as ov
+
+    path = str(path)
+    if not path.endswith(".xml"):
+        raise InputError(f"an OpenVINO IR path must end in .xml, got {path}")
     with atomic_path(path, ".xml") as tmp:
-        ov.save_model(model, str(tmp), compress_to_fp16=False)
         tmp_bin = str(tmp)[:-4] + ".bin"
-        os.replace(tmp_bin, path[:-4] + ".bin")
+        try:
+            ov.save_model(model, str(tmp), compress_to_fp16=False)
+            os.replace(tmp_bin, path[:-4] + ".bin")
+        finally:
+            if os.path.exists(tmp_bin):
+                os.remove(tmp_bin)
     size = os.path.getsize(path) + os.path.getsize(path[:-4] + ".bin")
     return ExportResult(path, "openvino", size, None)

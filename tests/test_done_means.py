@@ -7,61 +7,18 @@ import copy
 import logging
 
 import pytest
-import torch
 from ignite.engine import Events
-from monai.data import DataLoader, Dataset, create_test_image_3d
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import CheckpointLoader, CheckpointSaver, MeanDice, StatsHandler, ValidationHandler, from_engine
-from monai.inferers import SlidingWindowInferer
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
-from monai.transforms import Activationsd, AsDiscreted, Compose
+from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler
 from monai.utils import set_determinism
 
 import monai_prune as mp
 from monai_prune.handlers import DistillationHandler, PruningHandler
 from monai_prune.schedules import CubicSchedule
+from spheres import X, _engines, _unet
 from test_pruning_handler import _Lines
 
 pytestmark = pytest.mark.slow
-SIZE = 32
-X = torch.zeros(1, 1, SIZE, SIZE, SIZE)
 FINAL, START, END = 0.5, 1, 5
-
-
-def _spheres(n, seed):
-    items = []
-    for i in range(n):
-        image, label = create_test_image_3d(SIZE, SIZE, SIZE, num_objs=4, rad_max=9, rad_min=4, noise_max=0.3,
-                                           num_seg_classes=1, random_state=__import__("numpy").random.RandomState(seed + i))
-        items.append({"image": torch.as_tensor(image)[None].float(), "label": torch.as_tensor(label)[None].float()})
-    return items
-
-
-TRAIN, VAL = _spheres(8, 0), _spheres(4, 100)
-
-
-def _unet():
-    return UNet(3, 1, 2, (16, 32, 64, 128), (2, 2, 2), num_res_units=2, norm="batch")
-
-
-def _post():
-    return Compose([Activationsd("pred", softmax=True),
-                    AsDiscreted(("pred", "label"), argmax=(True, False), to_onehot=2)])
-
-
-def _engines(net, epochs, lr=3e-3):
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=DataLoader(Dataset(VAL), batch_size=1), network=net,
-        inferer=SlidingWindowInferer((SIZE, SIZE, SIZE), sw_batch_size=1), postprocessing=_post(),
-        key_val_metric={"val_dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))})
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=epochs, network=net, optimizer=opt,
-        train_data_loader=DataLoader(Dataset(TRAIN), batch_size=2, shuffle=True),
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True))
-    ValidationHandler(interval=1, validator=evaluator, epoch_level=True).attach(trainer)
-    return trainer, evaluator, opt
 
 
 def _compressing(net, epochs):
@@ -74,18 +31,8 @@ def _compressing(net, epochs):
     return trainer, evaluator, opt, pruner, distiller
 
 
-@pytest.fixture(scope="module")
-def dense():
-    set_determinism(0)
-    net = _unet()
-    trainer, evaluator, _ = _engines(net, epochs=12)
-    trainer.run()
-    set_determinism(None)
-    return net, evaluator.state.metrics["val_dice"]
-
-
-def test_scheduled_pruning_with_distillation_keeps_dice_and_removes_half_the_macs(dense):
-    dense_net, dense_dice = dense
+def test_scheduled_pruning_with_distillation_keeps_dice_and_removes_half_the_macs(dense_spheres):
+    dense_net, dense_dice = dense_spheres
     assert dense_dice > 0.7, dense_dice  # the dense model learnt the task
     set_determinism(1)
     net = copy.deepcopy(dense_net)
@@ -111,8 +58,8 @@ def test_scheduled_pruning_with_distillation_keeps_dice_and_removes_half_the_mac
         assert key in logged, key  # the stock StatsHandler shows them
 
 
-def test_interrupted_run_resumes_to_the_same_architecture_and_sparsity(dense, tmp_path):
-    dense_net, _ = dense
+def test_interrupted_run_resumes_to_the_same_architecture_and_sparsity(dense_spheres, tmp_path):
+    dense_net, _ = dense_spheres
     uninterrupted = copy.deepcopy(dense_net)
     trainer, _, _, _, _ = _compressing(uninterrupted, epochs=7)
     trainer.run()

@@ -3,6 +3,8 @@
 from .compression_stats_handler import CompressionStatsHandler
 from .distillation_handler import DistillationHandler
 from .pruning_handler import PruningHandler
+from .qat_handler import QuantizationAwareTrainingHandler
 from .regularization_handler import SparsityRegularizationHandler
 
-__all__ = ["CompressionStatsHandler", "DistillationHandler", "PruningHandler", "SparsityRegularizationHandler"]
+__all__ = ["CompressionStatsHandler", "DistillationHandler", "PruningHandler", "QuantizationAwareTrainingHandler",
+           "SparsityRegularizationHandler"]

@@ -19,6 +19,7 @@ from ..measure import count_macs, count_params
 from ..pruning.channel import prune_channels
 from ..pruning.inplace import apply_plan_inplace, prune_channels_inplace
 from ..pruning.plan import PruningPlan, architecture_signature
+from ..quantization.qat import is_qat
 from ..schedules import SparsitySchedule
 from ..sparsity import MaskKeeper, magnitude_masks, measured_sparsity, nm_masks
 
@@ -207,6 +208,9 @@ class PruningHandler:
     def _compress(self, target: float) -> None:
         """Decide on rank 0 (the only rank under DDP), share the decision, apply it on every rank."""
         scores = self.taylor.scores() if self.taylor is not None else None
+        if self.method == "channel" and is_qat(self.network):
+            raise ConfigError("channel pruning after quantization-aware training started: the quantizer scales are "
+                              "per channel; end the pruning schedule before the QAT start_epoch")
         if self.method == "channel":
             ratio = 1.0 - (1.0 - target) / (1.0 - self.achieved)
             was_training = self.network.training
