@@ -1,4 +1,4 @@
-"""``monai-prune`` command line: demo, prune, measure.
+"""``monai-prune`` command line: demo, prune, measure, recipes, compress-bundle.
 
 Errors of the user's making (a bad ratio, a missing file, a plan that does not fit) are printed as one line on
 stderr with exit code 2, never a traceback.
@@ -151,6 +151,43 @@ def _cmd_measure(args) -> int:
     return 0
 
 
+def _cmd_recipes(args) -> int:
+    from .bundle import list_recipes
+
+    for recipe in list_recipes():
+        print(f"{recipe['name']:<22} {recipe['path']}\n{'':<22} {recipe['description']}")
+    return 0
+
+
+def _override(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. prune#final_sparsity=0.7), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _cmd_compress_bundle(args) -> int:
+    from .bundle import compress_bundle
+
+    result = compress_bundle(args.src, args.recipe, args.out, epochs=args.epochs, overrides=dict(args.set or []),
+                             int8=args.int8, calibration_samples=args.calibration, target_device=args.target_device,
+                             dry_run=args.dry_run)
+    if args.dry_run:
+        print("dry run: nothing written. compress-bundle would:")
+        for i, step in enumerate(result["steps"], 1):
+            print(f"  {i}. {step}")
+        return 0
+    print(f"MACs x{result['macs']['after'] / result['macs']['before']:.3f}, params "
+          f"x{result['params']['after'] / result['params']['before']:.3f}, latency {result['latency_s']['ratio']:.2f}x "
+          f"faster on {result['latency_s']['device']}; " + ", ".join(
+              f"{k} {v['before']:.4f} -> {v['after']:.4f}" for k, v in result["metrics"].items()))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-prune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -181,6 +218,22 @@ def make_parser() -> argparse.ArgumentParser:
     measure.add_argument("--input-shape", type=_shape, required=True)
     measure.add_argument("--per-layer", action="store_true")
     measure.set_defaults(func=_cmd_measure)
+
+    recipes = sub.add_parser("recipes", help="list the packaged compression recipes (bundle config overlays)")
+    recipes.set_defaults(func=_cmd_recipes)
+
+    bundle = sub.add_parser("compress-bundle", help="compress a MONAI bundle into a new bundle (source untouched)")
+    bundle.add_argument("src", help="the source bundle folder (with configs/train.json, metadata.json, models/model.pt)")
+    bundle.add_argument("--recipe", required=True, help="a packaged recipe name (see `monai-prune recipes`) or a file")
+    bundle.add_argument("--out", required=True, help="the new bundle folder (must not exist)")
+    bundle.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the bundle's max_epochs)")
+    bundle.add_argument("--set", type=_override, action="append", metavar="KEY=VALUE",
+                        help="recipe parameter, e.g. --set prune#final_sparsity=0.7 (repeatable)")
+    bundle.add_argument("--int8", choices=["onnxruntime", "openvino", "auto"], help="also write an int8 model")
+    bundle.add_argument("--calibration", type=int, default=8, help="int8 calibration samples (default 8)")
+    bundle.add_argument("--target-device", default="cpu", help="where latency is measured (cpu)")
+    bundle.add_argument("--dry-run", action="store_true", help="print what would be done; write nothing")
+    bundle.set_defaults(func=_cmd_compress_bundle)
     return parser
 
 

@@ -101,6 +101,50 @@ def train_config(max_epochs: int = 4):
     }
 
 
+def inference_config():
+    """Model-zoo style inference.json: the dense weights loaded by a CheckpointLoader, sliding-window inference,
+    argmax, NIfTI predictions written by SaveImaged."""
+    return {
+        "imports": ["$import glob", "$import os"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/ct_*[0-9].nii.gz')))[-2:]",
+        "device": "$torch.device('cpu')",
+        "network_def": NETWORK_DEF,
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0,
+             "b_max": 1, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ]},
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]",
+                    "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": ROI, "sw_batch_size": 2, "overlap": 0.25},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
+             "separate_folder": False},
+        ]},
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+             "load_dict": {"model": "@network"}},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                      "val_handlers": "@handlers", "amp": False},
+        "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', False)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
 LOGGING_CONF = """[loggers]
 keys=root
 
@@ -132,6 +176,8 @@ def write_bundle(root: str, volumes: int = 6, max_epochs: int = 4) -> str:
     write_ct_dataset(os.path.join(root, "data"), volumes, size=48, seed=7)
     with open(os.path.join(root, "configs", "train.json"), "w") as f:
         json.dump(train_config(max_epochs), f, indent=2)
+    with open(os.path.join(root, "configs", "inference.json"), "w") as f:
+        json.dump(inference_config(), f, indent=2)
     metadata = {"version": "0.1.0", "changelog": {"0.1.0": "synthetic test bundle"}, "monai_version": "1.5.0",
                 "name": "tiny spleen-shaped bundle", "task": "segmentation",
                 "network_data_format": {"inputs": {"image": {"type": "image", "num_channels": 1,

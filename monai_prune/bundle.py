@@ -1,0 +1,463 @@
+"""Compress a MONAI bundle into a new bundle: ``monai-prune compress-bundle SRC --recipe R --out DST``.
+
+The source bundle is never modified. Its ``configs/train.json`` is overlaid with a packaged (or user) recipe, the
+trained dense ``models/model.pt`` is loaded, and the bundle's own trainer fine-tunes while our handlers compress,
+in a private working copy. The result is a new bundle folder, written under a temporary name and renamed at the end
+(nothing half-written on failure):
+
+* ``models/model.ts`` (TorchScript; ``metadata.json`` and ``inference.json`` embedded under ``extra/`` as
+  ``monai.bundle ckpt_export`` does), ``models/model.pt`` (state dict) + ``models/plan.json`` (replay the pruning on
+  the freshly built network), ``models/model.onnx``, and with ``int8=`` the int8 artifact;
+* ``configs/inference.json``: the source's own pre/post-processing and inferer, with the network loaded from
+  ``model.ts`` (the model-zoo ``inference_trt.json`` pattern); the other configs copied;
+* ``configs/metadata.json``: new version + changelog entry, a ``compression`` section (recipe, plan checksum,
+  calibration hash, params/MACs/size before -> after, measured latency ratio, the evaluator's metrics before ->
+  after) and the sha256 of every model file;
+* ``docs/README.md``: the same in words.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, InputError
+from .utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+SKIPPED = ("models", "data", "eval", "__pycache__")  # not copied from the source bundle
+INT8_BACKENDS = ("onnxruntime", "openvino", "auto")
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+def list_recipes() -> List[Dict[str, str]]:
+    """The packaged recipes: name, full path, one-line description."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(RECIPES_DIR, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f).get("recipe", {})
+        found.append({"name": info.get("name", os.path.splitext(os.path.basename(path))[0]), "path": path,
+                      "description": info.get("description", "")})
+    return found
+
+
+def recipe_path(recipe: str) -> str:
+    """A packaged recipe's name (``channel_pruning_kd``) or a path to a recipe file."""
+    if os.path.isfile(recipe):
+        return os.path.abspath(recipe)
+    for item in list_recipes():
+        if recipe in (item["name"], os.path.basename(item["path"])):
+            return item["path"]
+    names = ", ".join(r["name"] for r in list_recipes())
+    raise InputError(f"unknown recipe {recipe!r}: give a file path or one of the packaged recipes ({names})")
+
+
+def _get(config: Dict[str, Any], key: str) -> Tuple[bool, Any]:
+    node: Any = config
+    for part in key.split("#"):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+def _load(path: str) -> Dict[str, Any]:
+    from monai.bundle import ConfigParser
+
+    try:
+        return ConfigParser.load_config_file(path)
+    except Exception as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+
+
+def _config_file(src: str, name: str) -> Optional[str]:
+    for ext in (".json", ".yaml", ".yml"):
+        path = os.path.join(src, "configs", name + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _example_shape(metadata: Dict[str, Any], train: Dict[str, Any]) -> List[int]:
+    """(1, C, *spatial) of one network input, from ``network_data_format`` (or the validation roi)."""
+    image = metadata["network_data_format"]["inputs"]["image"]
+    channels = image.get("num_channels", 1)
+    spatial = image.get("spatial_shape")
+    if not spatial or not all(isinstance(s, int) for s in spatial):
+        found, roi = _get(train, "validate#inferer#roi_size")
+        if not found or not isinstance(roi, list) or not all(isinstance(s, int) for s in roi):
+            raise InputError("metadata network_data_format inputs.image.spatial_shape is not a list of numbers and "
+                             "train.json has no validate#inferer#roi_size to use instead")
+        spatial = roi
+    return [1, int(channels), *[int(s) for s in spatial]]
+
+
+def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """Everything that can be wrong before any work starts, as one clear error."""
+    if not os.path.isdir(src):
+        raise InputError(f"source bundle {src} is not a folder")
+    meta_path = os.path.join(src, "configs", "metadata.json")
+    if not os.path.isfile(meta_path):
+        raise InputError(f"{src} has no configs/metadata.json: not a MONAI bundle")
+    train_path = _config_file(src, "train")
+    if train_path is None:
+        raise InputError(f"{src} has no configs/train.json (or .yaml): compression fine-tunes with the bundle's "
+                         "own trainer")
+    metadata, train = _load(meta_path), _load(train_path)
+    if not isinstance(train.get("network_def"), dict):
+        raise InputError(f"{train_path} has no network_def (the network's constructor config)")
+    fmt = metadata.get("network_data_format", {})
+    if "image" not in fmt.get("inputs", {}) or "pred" not in fmt.get("outputs", {}):
+        raise InputError("metadata.json network_data_format must describe inputs.image and outputs.pred")
+    for key in ("train#trainer", "train#handlers", "validate#evaluator"):
+        if not _get(train, key)[0]:
+            raise InputError(f"{train_path} has no {key} (model-zoo ids are expected)")
+    weights = os.path.join(src, "models", "model.pt")
+    if not os.path.isfile(weights):
+        raise InputError(f"{src} has no models/model.pt: train the bundle first (compression starts from the trained "
+                         "dense weights)")
+    path = recipe_path(recipe)
+    recipe_config = _load(path)
+    if recipe_config.get("recipe", {}).get("quantize") == "qat":
+        raise ConfigError("the qat recipe runs with the stock bundle CLI (python -m monai.bundle run --config_file "
+                          "\"['configs/train.json','<qat.json>']\"); compress-bundle makes int8 by post-training "
+                          "quantization: --int8 openvino|onnxruntime|auto")
+    unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not k.startswith("train#")]
+    if unknown:
+        raise ConfigError(f"unknown recipe keys {unknown}: {os.path.basename(path)} has "
+                          f"{sorted(k for k in recipe_config if not k.startswith(('+', 'recipe')))}")
+    if os.path.exists(out):
+        raise InputError(f"output {out} already exists: choose a new folder (nothing was written)")
+    return {"metadata": metadata, "train": train, "train_path": train_path, "recipe": recipe_config,
+            "recipe_path": path, "weights": weights, "shape": _example_shape(metadata, train)}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_model_files(bundle: str) -> Dict[str, str]:
+    """Check every model file listed in ``configs/metadata.json`` ``model_files`` against its sha256."""
+    metadata = _load(os.path.join(bundle, "configs", "metadata.json"))
+    listed = metadata.get("model_files", {})
+    if not listed:
+        raise InputError(f"{bundle}/configs/metadata.json lists no model_files with sha256")
+    for name, digest in listed.items():
+        path = os.path.join(bundle, "models", name)
+        if not os.path.isfile(path):
+            raise InputError(f"model file {name} listed in metadata.json is missing")
+        if sha256(path) != digest:
+            raise InputError(f"model file {name} does not match its sha256 in metadata.json: it was modified or "
+                             "corrupted; refusing to load it")
+    return listed
+
+
+def _bump(version: str) -> str:
+    parts = [int(p) if p.isdigit() else 0 for p in str(version).split(".")[:3]] + [0, 0, 0]
+    return f"{parts[0]}.{parts[1] + 1}.0"
+
+
+def _state(path: str) -> Dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    return state
+
+
+def _key_metrics(raw: Dict[str, Any], network: nn.Module) -> Dict[str, float]:
+    """Run the bundle's own validation evaluator (its data, inferer, postprocessing, metrics) on ``network``,
+    without its handlers (no checkpoint is written)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(raw))
+    parser["network"] = network
+    parser["validate#handlers"] = []
+    evaluator = parser.get_parsed_content("validate#evaluator", instantiate=True)
+    evaluator.run()
+    return {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+
+
+def _latency(model: Any, x: torch.Tensor, repeats: int = 5) -> float:
+    from .measure import time_call
+
+    with torch.no_grad():
+        return time_call(lambda: model(x), repeats=repeats)["median_s"]
+
+
+def _inference_config(src: str) -> Optional[Dict[str, Any]]:
+    path = _config_file(src, "inference")
+    if path is None:
+        return None
+    config = _load(path)
+    config["network_def"] = "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device)"
+    config["network"] = "$@network_def.to(@device)" if "device" in config else "@network_def"
+
+    def disable_loaders(node: Any) -> None:
+        if isinstance(node, dict):
+            if str(node.get("_target_", "")).endswith("CheckpointLoader"):
+                node["_disabled_"] = True
+            for value in node.values():
+                disable_loaders(value)
+        elif isinstance(node, list):
+            for value in node:
+                disable_loaders(value)
+
+    disable_loaders(config)
+    imports = config.setdefault("imports", [])
+    if "$import torch" not in imports:
+        imports.append("$import torch")
+    return config
+
+
+def _describe(src: str, recipe: str, out: str, epochs: Optional[int], int8: Optional[str],
+              info: Dict[str, Any]) -> List[str]:
+    steps = [f"read {src} (never modified): {os.path.relpath(info['train_path'], src)}, configs/metadata.json, "
+             "models/model.pt",
+             f"fine-tune a private copy with the bundle's trainer + recipe {os.path.basename(info['recipe_path'])}"
+             + (f" for {epochs} epochs" if epochs else " (the bundle's max_epochs)"),
+             "evaluate dense and compressed with the bundle's validate#evaluator; time both on "
+             f"{tuple(info['shape'])}",
+             "write models/model.ts (+ metadata/inference under extra/), model.pt, plan.json, model.onnx"
+             + (f", int8 ({int8})" if int8 else ""),
+             "write configs/inference.json (network from model.ts), metadata.json (new version, compression "
+             "section, sha256), docs/README.md",
+             f"rename the finished folder to {out}"]
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = None,
+                    overrides: Optional[Dict[str, Any]] = None, int8: Optional[str] = None,
+                    calibration_samples: int = 8, target_device: str = "cpu", dry_run: bool = False,
+                    repeats: int = 5) -> Dict[str, Any]:
+    """Compress bundle ``src`` with ``recipe`` into a new bundle at ``out``; returns the compression summary.
+
+    Args:
+        src: the source bundle folder (read only).
+        recipe: a packaged recipe name (``monai-prune recipes``) or a recipe file.
+        out: the new bundle folder; must not exist.
+        epochs: fine-tuning epochs (``train#trainer#max_epochs``); default: the bundle's own.
+        overrides: recipe parameters by id, e.g. ``{"prune#final_sparsity": 0.7}`` (``train#...`` ids too).
+        int8: also quantize the compressed model (``"openvino"``, ``"onnxruntime"`` or ``"auto"``), calibrated on
+            ``calibration_samples`` inputs of the bundle's validation data.
+        target_device: where latency is measured (``"cpu"``; ``"cuda"`` when available).
+        dry_run: only return (and log) what would be done.
+    """
+    src, out = os.path.abspath(src), os.path.abspath(out)
+    overrides = dict(overrides or {})
+    if int8 is not None and int8 not in INT8_BACKENDS:
+        raise ConfigError(f"int8 must be one of {INT8_BACKENDS}, got {int8!r}")
+    if target_device not in ("cpu", "cuda") or (target_device == "cuda" and not torch.cuda.is_available()):
+        raise ConfigError(f"target device {target_device!r} is not available here (cpu{', cuda' if torch.cuda.is_available() else ''})")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    info = check_bundle(src, recipe, out, overrides)
+    steps = _describe(src, recipe, out, epochs, int8, info)
+    if dry_run:
+        return {"dry_run": True, "steps": steps}
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        staging = os.path.join(work, "bundle")
+        summary = _compress(src, out, staging, os.path.join(work, "run"), info, epochs, overrides, int8,
+                            calibration_samples, torch.device(target_device), repeats)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("compressed bundle written to %s", out)
+    return summary
+
+
+def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibration_samples, device, repeats):
+    from monai.bundle import ConfigParser
+
+    from . import count_macs, count_params
+    from .export import export_onnx, export_torchscript
+    from .measure import file_size, state_dict_bytes
+    from .pruning import PruningPlan
+
+    # a private bundle root: configs copied, the source's data folders linked (read only), dense weights copied
+    os.makedirs(os.path.join(run_root, "models"))
+    shutil.copytree(os.path.join(src, "configs"), os.path.join(run_root, "configs"))
+    for entry in os.listdir(src):
+        if entry not in ("configs", "models"):
+            os.symlink(os.path.join(src, entry), os.path.join(run_root, entry))
+    shutil.copy2(info["weights"], os.path.join(run_root, "models", "model.pt"))
+
+    parser = ConfigParser()
+    parser.read_config([info["train_path"].replace(src, run_root, 1), info["recipe_path"]])
+    parser.read_meta(os.path.join(run_root, "configs", "metadata.json"))
+    parser["bundle_root"] = run_root
+    for key, value in overrides.items():
+        parser[key] = value
+    if epochs is not None:
+        parser["train#trainer#max_epochs"] = epochs
+    dense_state = _state(info["weights"])
+    # the dense weights load first (before distillation takes its teacher at STARTED)
+    parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+                                 "load_dict": {"model": "@network"}, "map_location": "cpu"}] + list(parser["train#handlers"])
+    x = torch.zeros(info["shape"], device=device)
+    raw = copy.deepcopy(parser.get())
+    if _get(raw, "initialize")[0]:
+        parser.get_parsed_content("initialize")  # e.g. set_determinism, as monai.bundle run does
+
+    dense = ConfigParser({"n": info["train"]["network_def"]}).get_parsed_content("n").to(device)
+    dense.load_state_dict(dense_state)
+    dense.eval()
+    logger.info("evaluating the dense model with the bundle's validate#evaluator")
+    before = _key_metrics(raw, dense)
+
+    trainer = parser.get_parsed_content("train#trainer", instantiate=True)
+    logger.info("fine-tuning with %s for %d epochs", os.path.basename(info["recipe_path"]), trainer.state.max_epochs)
+    trainer.run()
+    network = parser.get_parsed_content("network")
+    ckpt_dir = parser.get_parsed_content("ckpt_dir")
+    best = os.path.join(ckpt_dir, "model.pt")
+    if os.path.isfile(best):
+        network.load_state_dict(_state(best))  # the evaluator's best checkpoint (of the final architecture)
+    network.eval()
+    after = _key_metrics(raw, network)
+    plan_file = os.path.join(ckpt_dir, "plan.json")
+    plan = PruningPlan.load(plan_file) if os.path.isfile(plan_file) else None
+
+    # artifacts
+    models = os.path.join(staging, "models")
+    os.makedirs(models)
+    shutil.copytree(os.path.join(src, "configs"), os.path.join(staging, "configs"))
+    for entry in os.listdir(src):
+        if entry not in SKIPPED and entry != "configs":
+            target = os.path.join(staging, entry)
+            (shutil.copytree if os.path.isdir(os.path.join(src, entry)) else shutil.copy2)(
+                os.path.join(src, entry), target)
+    shutil.copy2(info["recipe_path"], os.path.join(staging, "configs", "compress_recipe.json"))
+    state = {k: v for k, v in network.state_dict().items()}
+    torch.save(state, os.path.join(models, "model.pt"))
+    if plan is not None:
+        plan.save(os.path.join(models, "plan.json"))
+    onnx = export_onnx(network.cpu(), x.cpu(), os.path.join(models, "model.onnx"))
+    network.to(device)
+
+    macs = {"before": count_macs(dense, x), "after": count_macs(network, x)}
+    params = {"before": count_params(dense), "after": count_params(network)}
+    size = {"before": state_dict_bytes(dense), "after": file_size(os.path.join(models, "model.pt"))}
+    latency = {"before": _latency(dense, x, repeats), "after": _latency(network, x, repeats)}
+    compression: Dict[str, Any] = {
+        "tool": "monai-prune", "recipe": info["recipe"].get("recipe", {}).get("name",
+                                                                           os.path.basename(info["recipe_path"])),
+        "recipe_overrides": overrides, "epochs": trainer.state.max_epochs,
+        "plan_checksum": plan.checksum if plan is not None else None,
+        "params": params, "macs": macs, "size_bytes": size,
+        "latency_s": {**latency, "device": device.type, "input_shape": info["shape"],
+                      "ratio": latency["before"] / latency["after"]},
+        "metrics": {k: {"before": before[k], "after": after.get(k)} for k in before},
+        "calibration_sha256": None,
+    }
+    if int8:
+        from .quantization import calibration_data, quantize
+
+        dataset = parser.get_parsed_content("validate#dataset")
+        calibration = calibration_data(dataset, calibration_samples, roi_size=info["shape"][2:])
+        result = quantize(network.cpu(), calibration, backend=int8, out_dir=os.path.join(staging, ".int8"),
+                          repeats=repeats)
+        for path in (result.path, result.path[:-4] + ".bin" if result.path.endswith(".xml") else None):
+            if path:
+                shutil.move(path, os.path.join(models, os.path.basename(path)))
+        shutil.rmtree(os.path.join(staging, ".int8"))
+        compression["calibration_sha256"] = calibration.sha256
+        compression["int8"] = {"file": os.path.basename(result.path), "backend": result.backend,
+                               "int8_layers": len(result.int8_layers), "fp32_layers": result.fp32_layers,
+                               "agreement_vs_fp32": result.fidelity["agreement"],
+                               "speedup_vs_fp32": result.speedup, "warnings": result.warnings}
+        network.to(device)
+
+    # configs, metadata, TorchScript with them embedded
+    metadata = copy.deepcopy(info["metadata"])
+    version = _bump(metadata.get("version", "0.1.0"))
+    metadata["version"] = version
+    summary_line = (f"compressed with monai-prune recipe {compression['recipe']}: MACs x{macs['after'] / macs['before']:.3f}, "
+                    f"params x{params['after'] / params['before']:.3f}, latency {compression['latency_s']['ratio']:.2f}x "
+                    f"faster on {device.type}")
+    metadata["changelog"] = {version: summary_line, **metadata.get("changelog", {})}
+    metadata["name"] = f"{metadata.get('name', os.path.basename(src))} (compressed)"
+    metadata["compression"] = compression
+    inference = _inference_config(src)
+    export_torchscript(network.cpu(), x.cpu(), os.path.join(models, "model.ts"),
+                       extra_files={"metadata.json": metadata, **({"inference.json": inference} if inference else {})})
+    metadata["model_files"] = {name: sha256(os.path.join(models, name)) for name in sorted(os.listdir(models))}
+    if inference is not None:
+        atomic_write_text(os.path.join(staging, "configs", "inference.json"), json.dumps(inference, indent=2))
+    atomic_write_text(os.path.join(staging, "configs", "metadata.json"), json.dumps(metadata, indent=2))
+    os.makedirs(os.path.join(staging, "docs"), exist_ok=True)
+    if os.path.isfile(os.path.join(staging, "docs", "README.md")):
+        os.replace(os.path.join(staging, "docs", "README.md"), os.path.join(staging, "docs", "README_dense.md"))
+    atomic_write_text(os.path.join(staging, "docs", "README.md"), _readme(metadata, src, out, onnx.path))
+    return compression
+
+
+def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str:
+    from .report import markdown_table
+
+    c = metadata["compression"]
+    rows = [["parameters", f"{c['params']['before']:,}", f"{c['params']['after']:,}",
+             f"{c['params']['after'] / c['params']['before']:.3f}"],
+            ["MACs per input", f"{c['macs']['before'] / 1e9:.3f} G", f"{c['macs']['after'] / 1e9:.3f} G",
+             f"{c['macs']['after'] / c['macs']['before']:.3f}"],
+            ["weights size", f"{c['size_bytes']['before'] / 1e6:.2f} MB", f"{c['size_bytes']['after'] / 1e6:.2f} MB",
+             f"{c['size_bytes']['after'] / c['size_bytes']['before']:.3f}"],
+            [f"latency ({c['latency_s']['device']}, one input {tuple(c['latency_s']['input_shape'])})",
+             f"{c['latency_s']['before']:.4f} s", f"{c['latency_s']['after']:.4f} s",
+             f"{c['latency_s']['ratio']:.2f}x faster"]]
+    for name, values in c["metrics"].items():
+        delta = values["after"] - values["before"] if values["after"] is not None else float("nan")
+        rows.append([f"{name} (validation)", f"{values['before']:.4f}", f"{values['after']:.4f}", f"{delta:+.4f}"])
+    int8 = c.get("int8")
+    lines = [
+        f"# {metadata['name']}", "",
+        f"Version {metadata['version']}: {metadata['changelog'][metadata['version']]}.", "",
+        f"This bundle was made from `{os.path.basename(src)}` by `monai-prune compress-bundle` with the recipe "
+        f"`{c['recipe']}` ({c['epochs']} fine-tuning epochs with the source bundle's own trainer and data). "
+        "Only the network changed: preprocessing, inferer and postprocessing are the source bundle's.", "",
+        "## What was measured (before = the source's dense model, after = this bundle's model)", "",
+        markdown_table(["", "before", "after", "after / before"], rows), "",
+        "Metrics come from the source bundle's own validation evaluator (`validate#evaluator`) on its validation "
+        "data; check them on your own held-out data before clinical use.", "",
+    ]
+    if int8:
+        lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, voxel "
+                  f"agreement with fp32 {int8['agreement_vs_fp32']:.4f}, {int8['speedup_vs_fp32']:.2f}x vs its fp32. "
+                  + " ".join(int8["warnings"]), ""]
+    lines += ["## Files", "",
+              "- `models/model.ts`: TorchScript of the compressed network (metadata and inference config embedded); "
+              "what `configs/inference.json` and MONAI Deploy load.",
+              "- `models/model.pt` + `models/plan.json`: state dict and pruning plan; "
+              "`monai_prune.apply_plan(<network_def>, plan)` rebuilds the network, then `load_state_dict` "
+              "(`torch.load(..., weights_only=True)`).",
+              f"- `models/{os.path.basename(onnx_path)}`: ONNX for ONNX Runtime / OpenVINO / Triton.",
+              "- every model file's sha256 is in `configs/metadata.json` (`model_files`); "
+              "`monai_prune.bundle.verify_model_files(bundle)` checks them.", "",
+              "## Run", "", "```bash",
+              f"python -m monai.bundle run --config_file configs/inference.json --bundle_root {os.path.basename(out)}",
+              "```", ""]
+    return "\n".join(lines)

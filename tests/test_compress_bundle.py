@@ -1,0 +1,170 @@
+"""``monai-prune compress-bundle`` on a model-zoo-shaped bundle: a new bundle that the stock ``monai.bundle`` CLI
+runs, with measured before -> after in its metadata and README, verified model files, the source untouched;
+``monai-prune recipes``; clear errors that write nothing."""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import pytest
+import torch
+
+import monai_prune as mp
+from monai_prune.bundle import list_recipes, verify_model_files
+from monai_prune.cli import main
+from monai_prune.errors import InputError
+from monai_prune.pruning import PruningPlan
+from bundle_fixture import ROI, write_bundle
+
+CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
+SHAPE = f"[1,1,{ROI[0]},{ROI[1]},{ROI[2]}]"
+
+
+def _digests(root):
+    found = {}
+    for path in sorted(glob.glob(os.path.join(root, "**"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory):
+    """The fixture bundle, trained dense by the stock CLI (its CheckpointSaver writes models/model.pt)."""
+    root = write_bundle(str(tmp_path_factory.mktemp("src") / "spleen_tiny"), max_epochs=3)
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", f"{root}/configs/train.json",
+                           "--bundle_root", root, "--meta_file", f"{root}/configs/metadata.json"],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert os.path.isfile(os.path.join(root, "models", "model.pt"))
+    return root
+
+
+def test_recipes_command_lists_every_packaged_recipe_with_its_path(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    names = {r["name"] for r in list_recipes()}
+    assert {"channel_pruning", "channel_pruning_kd", "magnitude_sparsity", "qat"} <= names
+    for recipe in list_recipes():
+        assert recipe["path"] in out and os.path.isfile(recipe["path"]) and recipe["description"]
+
+
+@pytest.mark.parametrize("recipe, handler", [("channel_pruning", "PruningHandler"),
+                                             ("magnitude_sparsity", "PruningHandler"),
+                                             ("qat", "QuantizationAwareTrainingHandler"),
+                                             ("channel_pruning_kd", "DistillationHandler")])
+def test_every_recipe_builds_its_handlers_on_an_unmodified_bundle(tmp_path, recipe, handler):
+    from monai.bundle import ConfigParser
+
+    root = write_bundle(str(tmp_path / "b"), volumes=3)
+    parser = ConfigParser()
+    parser.read_config([os.path.join(root, "configs", "train.json"), mp.bundle.recipe_path(recipe)])
+    parser["bundle_root"] = root
+    if recipe.startswith("channel"):
+        parser["prune#input_shape"] = json.loads(SHAPE)
+    handlers = parser.get_parsed_content("train#handlers")
+    assert handler in {type(h).__name__ for h in handlers}
+    assert parser.get_parsed_content("ckpt_dir").endswith("models/compressed")  # never the dense model.pt
+
+
+@pytest.mark.slow
+def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source_alone(trained_bundle, tmp_path):
+    src = trained_bundle
+    before = _digests(src)
+    out = str(tmp_path / "spleen_tiny_compressed")
+
+    dry = subprocess.run([CLI, "compress-bundle", src, "--recipe", "channel_pruning_kd", "--out", out, "--dry-run"],
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and "would" in dry.stdout and not os.path.exists(out), dry.stderr[-2000:]
+
+    done = subprocess.run([CLI, "compress-bundle", src, "--recipe", "channel_pruning_kd", "--out", out,
+                           "--epochs", "3", "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0",
+                           "--set", "prune#end_epoch=1", "--int8", "onnxruntime", "--calibration", "4"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert _digests(src) == before  # the source bundle is byte-identical
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary folder left behind
+
+    models = os.path.join(out, "models")
+    assert {"model.ts", "model.pt", "plan.json", "model.onnx", "model_int8.onnx"} <= set(os.listdir(models))
+    metadata = json.load(open(os.path.join(out, "configs", "metadata.json")))
+    c = metadata["compression"]
+    assert metadata["version"] == "0.2.0" and "0.2.0" in metadata["changelog"] and "0.1.0" in metadata["changelog"]
+    assert c["recipe"] == "channel_pruning_kd" and c["macs"]["after"] < 0.6 * c["macs"]["before"]
+    assert c["params"]["after"] < c["params"]["before"] and c["latency_s"]["ratio"] > 0
+    assert set(c["metrics"]) >= {"val_mean_dice"} and 0 <= c["metrics"]["val_mean_dice"]["after"] <= 1
+    assert len(c["calibration_sha256"]) == 64 and c["int8"]["backend"] == "onnxruntime"
+    assert c["plan_checksum"] == PruningPlan.load(os.path.join(models, "plan.json")).checksum
+    assert set(verify_model_files(out)) == set(os.listdir(models))
+    readme = open(os.path.join(out, "docs", "README.md")).read()
+    assert "MACs per input" in readme and "val_mean_dice" in readme
+    # nothing identifying: no data file names in what we wrote
+    for text in (json.dumps(metadata), readme):
+        assert "ct_0" not in text and "/data" not in text
+
+    # model.ts carries metadata and inference config as ckpt_export does; plan + weights_only state give the same net
+    extra = {"metadata.json": "", "inference.json": ""}
+    ts = torch.jit.load(os.path.join(models, "model.ts"), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["compression"]["recipe"] == "channel_pruning_kd"
+    net = PruningPlan.load(os.path.join(models, "plan.json")).build_network()
+    net.load_state_dict(torch.load(os.path.join(models, "model.pt"), weights_only=True))
+    x = torch.rand(1, 1, *ROI)
+    with torch.no_grad():
+        assert torch.allclose(ts(x), net.eval()(x), atol=1e-4)
+
+    # the stock CLI runs the new inference.json: same pre/post-processing, network from model.ts
+    infer = json.load(open(os.path.join(out, "configs", "inference.json")))
+    assert "model.ts" in infer["network_def"] and infer["handlers"][0]["_disabled_"] is True
+    os.symlink(os.path.join(src, "data"), os.path.join(out, "data"))
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                          f"{out}/configs/inference.json", "--bundle_root", out], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    preds = glob.glob(os.path.join(out, "eval", "*.nii.gz"))
+    assert len(preds) == 2 and nib.load(preds[0]).shape[:3] == (48, 48, 48)
+
+    # a tampered model file is refused
+    tampered = str(tmp_path / "tampered")
+    shutil.copytree(out, tampered, symlinks=True)
+    with open(os.path.join(tampered, "models", "model.ts"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(InputError, match="sha256"):
+        verify_model_files(tampered)
+
+
+def test_compress_bundle_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    root = write_bundle(str(tmp_path / "b"), volumes=3)
+    out = str(tmp_path / "out")
+
+    def fails(args, match):
+        assert main(["compress-bundle", *args]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1, err
+        assert not os.path.exists(out)
+
+    fails([root, "--recipe", "channel_pruning", "--out", out], "train the bundle first")
+    torch.save({"x": torch.ones(1)}, os.path.join(root, "models", "model.pt"))
+    fails([root, "--recipe", "no_such_recipe", "--out", out], "unknown recipe")
+    fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "prune#sparsity=0.5"], "unknown recipe keys")
+    fails([root, "--recipe", "qat", "--out", out], "--int8")
+    os.makedirs(str(tmp_path / "exists"))
+    assert main(["compress-bundle", root, "--recipe", "channel_pruning", "--out", str(tmp_path / "exists")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    meta = os.path.join(root, "configs", "metadata.json")
+    data = json.load(open(meta))
+    del data["network_data_format"]["outputs"]["pred"]
+    json.dump(data, open(meta, "w"))
+    fails([root, "--recipe", "channel_pruning", "--out", out], "outputs.pred")
+    train_path = os.path.join(root, "configs", "train.json")
+    train = json.load(open(train_path))
+    del train["network_def"]
+    json.dump(train, open(train_path, "w"))
+    fails([root, "--recipe", "channel_pruning", "--out", out], "no network_def")
+    os.remove(meta)
+    fails([root, "--recipe", "channel_pruning", "--out", out], "no configs/metadata.json")
