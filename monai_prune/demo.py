@@ -14,9 +14,8 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -156,25 +155,6 @@ def _int8_backend(backends: Sequence[str]) -> Optional[str]:
     return "auto" if len(chosen) > 1 else chosen[0]
 
 
-@contextmanager
-def _root_logging_once() -> Iterator[None]:
-    """ONNX Runtime's quantization tools log through the root logger (``logging.warning``), which configures it on
-    first use and then prints every ``monai_prune`` message twice. While quantizing, a root handler that shows only
-    the other libraries' records keeps their warnings visible and ours single."""
-    root = logging.getLogger()
-    if root.handlers:
-        yield
-        return
-    handler = logging.StreamHandler()
-    handler.addFilter(lambda record: not record.name.startswith("monai_prune"))
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-
-
 def int8_step(pruned: torch.nn.Module, train: List[Dict[str, str]], val: List[Dict[str, str]], config: DemoConfig,
               volume: torch.Tensor, latency: Dict[str, Dict[str, float]], pruned_dice: float) -> Dict[str, Any]:
     """Quantize ``pruned`` to int8 and measure it like the other models; returns the results' ``"int8"`` entry.
@@ -204,10 +184,9 @@ def int8_step(pruned: torch.nn.Module, train: List[Dict[str, str]], val: List[Di
                            "patches_with_foreground": sum(int(lab.any()) for _, lab in validation)}}
     out_dir = os.path.join(config.out, "pruned_int8")
     try:
-        with _root_logging_once():
-            result = quantize(pruned, calibration, backend=backend, max_delta=tolerance, out_dir=out_dir,
-                              timing_fn=_sliding_window(volume, config.bench_roi), repeats=config.repeats,
-                              validation=validation)
+        result = quantize(pruned, calibration, backend=backend, max_delta=tolerance, out_dir=out_dir,
+                          timing_fn=_sliding_window(volume, config.bench_roi), repeats=config.repeats,
+                          validation=validation)
     except QuantizationError as e:
         logger.warning("int8 REFUSED (the tolerance guardrail): %s", e)
         return {**base, "status": "refused", "reason": str(e)}

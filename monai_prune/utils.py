@@ -77,3 +77,22 @@ def run_forward(model: nn.Module, example_input):
     if isinstance(example_input, (list, tuple)):
         return model(*example_input)
     return model(example_input)
+
+
+@contextmanager
+def root_logging_for_others() -> Iterator[None]:
+    """ONNX Runtime's quantization tools log through the root logger (``logging.warning``), which configures it on
+    first use and then prints every ``monai_prune`` message twice. While quantizing, a root handler that shows only
+    the other libraries' records keeps their warnings visible and ours single."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: not record.name.startswith("monai_prune"))
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)

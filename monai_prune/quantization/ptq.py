@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import BackendUnavailableError, ConfigError, InputError, QuantizationError
 from ..export import export_onnx, export_openvino
 from ..measure import file_size, time_call
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, root_logging_for_others
 from .calibration import CalibrationSet
 
 logger = logging.getLogger(__name__)
@@ -571,8 +571,9 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
     failures: Dict[str, str] = {}
     for backend in backends:
         try:
-            results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep,
-                                             labels)
+            with root_logging_for_others():  # ONNX Runtime's tools log through the root logger
+                results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers,
+                                                 keep, labels)
         except QuantizationError as e:
             if config.backend != "auto":
                 raise
