@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end (tiny sizes) and write the rows the issue names."""
+"""The benchmark scripts run end to end (tiny sizes) and write the rows the issue names, int8 rows included."""
 
 import json
 import os
@@ -8,13 +8,18 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = {"variant", "backend", "precision", "sw_batch_size", "latency_s", "macs", "params", "size_bytes"}
+KEYS = {"variant", "backend", "precision", "sw_batch_size", "latency_s", "macs", "params", "size_bytes",
+        "speedup_vs_dense_torch", "speedup_vs_dense_ort", "times_s"}
+INT8_KEYS = {"speedup_vs_own_fp32", "size_ratio_vs_fp32", "agreement_vs_fp32", "max_abs_logit_vs_fp32",
+             "int8_layers", "fp32_layers", "fidelity", "calibration"}
+ACCURACY_KEYS = {"accuracy_fp32", "accuracy_int8", "accuracy_change_pp", "auc_fp32", "auc_int8"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, extra", [
-    ("seg3d.py", ["--size", "48", "--roi", "32"]),
-    ("cls2d.py", ["--size", "64"]),
+    ("seg3d.py", ["--size", "48", "--roi", "32", "--calibration-samples", "2"]),
+    ("cls2d.py", ["--size", "64", "--train-steps", "1", "--train-batch", "2", "--val-images", "10",
+                  "--calibration-samples", "2"]),
 ])
 def test_benchmark_script(tmp_path, script, extra):
     out = tmp_path / "rows.json"
@@ -25,6 +30,7 @@ def test_benchmark_script(tmp_path, script, extra):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| variant | backend |" in proc.stdout and "pruned0.5: best backend" in proc.stdout
+    assert "Fastest at sw_batch_size 1:" in proc.stdout
     rows = json.loads(out.read_text())
     assert rows and all(KEYS <= set(r) for r in rows)
     variants = {r["variant"] for r in rows}
@@ -32,3 +38,22 @@ def test_benchmark_script(tmp_path, script, extra):
     macs = {r["variant"]: r["macs"] for r in rows}
     assert macs["pruned0.75"] < macs["pruned0.5"] < macs["dense"]
     assert all(r["latency_s"] > 0 for r in rows)
+
+    # int8 rows: onnxruntime, every variant and sw_batch_size, timed like fp32, smaller than the fp32 model.onnx
+    fp32 = {(r["variant"], r["sw_batch_size"]): r for r in rows
+            if r["precision"] == "fp32" and r["backend"] == "onnxruntime"}
+    int8 = {(r["variant"], r["sw_batch_size"]): r for r in rows if r["precision"] == "int8"}
+    assert {r["precision"] for r in rows} == {"fp32", "int8"}
+    assert {r["backend"] for r in int8.values()} == {"onnxruntime"}
+    assert set(int8) == set(fp32)
+    for key, row in int8.items():
+        assert INT8_KEYS <= set(row), sorted(INT8_KEYS - set(row))
+        assert row["size_bytes"] < fp32[key]["size_bytes"]
+        assert len(row["times_s"]) == len(fp32[key]["times_s"]) and row["latency_s"] > 0
+        assert row["speedup_vs_own_fp32"] == pytest.approx(fp32[key]["latency_s"] / row["latency_s"])
+        assert 0.0 <= row["agreement_vs_fp32"] <= 1.0 and row["int8_layers"] > 0
+
+    if script == "cls2d.py":  # a classifier: accuracy / AUC on held-out labelled data, per row and int8 vs fp32
+        assert all({"accuracy", "auc"} <= set(r) and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
+        assert all(ACCURACY_KEYS <= set(r) for r in int8.values())
+        assert "Target, dense int8 on onnxruntime:" in proc.stdout
