@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean bundles
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/seg3d.py --json bench_output/seg3d.json
 	$(PY) benchmarks/cls2d.py --json bench_output/cls2d.json
+
+bundles: $(STAMP)  # synthetic data, dense training and compression of the two bundles in bundles/ (small CPU settings)
+	PY=$(abspath $(PY)) bash bundles/build.sh
 
 clean:
 	rm -rf $(VENV) demo_output bench_output
