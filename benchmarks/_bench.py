@@ -10,7 +10,6 @@ calibration/validation data and what workload (whole sliding-window inference, o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.util
 import json
@@ -20,7 +19,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -99,15 +98,11 @@ def parse_args(description: str, size: int, roi: Optional[int] = None, calibrati
     return args
 
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
 def setup() -> None:
-    """Logging and the seed. Third-party warnings (onnxruntime.quantization logs on the root logger) get a stderr
-    handler of their own; monai_prune messages keep theirs and do not also propagate to it (no doubled lines)."""
+    """Logging and the seed (``quantize`` itself keeps ONNX Runtime's root-logger warnings apart from ours)."""
     configure_logging()
-    logging.getLogger("monai_prune").propagate = False
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, datefmt="%H:%M:%S")
     torch.manual_seed(0)
 
 
@@ -156,24 +151,6 @@ def _export_variant(name: str, model: nn.Module, prune_input: torch.Tensor, macs
     return v
 
 
-class _DropOrtBiasWarnings(logging.Filter):
-    """onnxruntime.quantization logs one root-logger warning per Conv whose bias is computed (BatchNorm folded by
-    the exporter): 'Expected bias ... to be an initializer' — hundreds of lines that say nothing about the result."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Expected bias")
-
-
-@contextlib.contextmanager
-def _quiet_ort_quantizer() -> Iterator[None]:
-    root, quiet = logging.getLogger(), _DropOrtBiasWarnings()
-    root.addFilter(quiet)
-    try:
-        yield
-    finally:
-        root.removeFilter(quiet)
-
-
 def quantize_variants(variants: Sequence[Variant], backends: Sequence[str], calibration: CalibrationSet,
                       validation: Sequence[Any], work_dir: str) -> None:
     """int8 copy of every variant for every backend in ``backends`` (``quantize``; stored in ``variant.int8``).
@@ -182,7 +159,7 @@ def quantize_variants(variants: Sequence[Variant], backends: Sequence[str], cali
     numbers come from the interleaved rounds only.
     """
     jobs = [(v, b) for v in variants for b in backends]
-    with logging_redirect_tqdm(loggers=_LOGGERS), _quiet_ort_quantizer():
+    with logging_redirect_tqdm(loggers=_LOGGERS):
         for v, backend in tqdm(jobs, desc="int8 quantization", unit="model", leave=False):
             start = time.perf_counter()
             out_dir = os.path.join(work_dir, v.name, f"int8_{backend}")

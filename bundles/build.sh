@@ -10,6 +10,20 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 SCHEMA="$HERE/schema/meta_schema.json"
 RECIPE=$("$PY" -c "import monai_prune, os; print(os.path.join(os.path.dirname(monai_prune.__file__), 'recipes', 'channel_pruning_kd.json'))")
 run() { echo "+ $*"; "$@"; }
+evaluate_infer_export() {  # $1: the small settings (one word list), then the inference overrides; dense and compressed
+    local small infer=("${@:2}")
+    read -r -a small <<< "$1"
+    run "$PY" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" "${small[@]}"
+    run "$PY" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json','configs/use_compressed.json']" \
+        "${small[@]}"
+    run "$PY" -m monai.bundle run --config_file configs/inference.json "${infer[@]}"
+    run "$PY" -m monai.bundle run --config_file "['configs/inference.json','configs/use_compressed.json']" "${infer[@]}"
+    run "$PY" -m monai.bundle ckpt_export network --filepath models/model.ts --ckpt_file models/model.pt \
+        --meta_file configs/metadata.json --config_file configs/inference.json
+    run "$PY" -m monai.bundle ckpt_export network --filepath models/compressed/model.ts \
+        --ckpt_file models/compressed/model.pt --meta_file configs/metadata.json \
+        --config_file "['configs/inference.json','configs/use_compressed.json']"
+}
 summary() {  # dense vs compressed: MACs/params from the plan, metrics from the evaluations
     "$PY" - "$1" <<'PYEOF'
 import json, sys
@@ -29,17 +43,7 @@ run "$PY" scripts/make_synthetic_data.py --train 6 --val 2 --test 2 --size 64
 run "$PY" -m monai.bundle run --config_file configs/train.json --epochs 10 --val_interval 2 "${SEG_SMALL[@]}"
 run "$PY" -m monai.bundle run --config_file "['configs/train.json','$RECIPE','configs/compress.json']" \
     --epochs 5 --prune#start_epoch 0 --prune#end_epoch 2 "${SEG_SMALL[@]}"
-run "$PY" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" "${SEG_SMALL[@]}"
-run "$PY" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json','configs/use_compressed.json']" \
-    "${SEG_SMALL[@]}"
-run "$PY" -m monai.bundle run --config_file configs/inference.json --roi_size "[48,48,48]"  # the training patch size
-run "$PY" -m monai.bundle run --config_file "['configs/inference.json','configs/use_compressed.json']" \
-    --roi_size "[48,48,48]"
-run "$PY" -m monai.bundle ckpt_export network --filepath models/model.ts --ckpt_file models/model.pt \
-    --meta_file configs/metadata.json --config_file configs/inference.json
-run "$PY" -m monai.bundle ckpt_export network --filepath models/compressed/model.ts \
-    --ckpt_file models/compressed/model.pt --meta_file configs/metadata.json \
-    --config_file "['configs/inference.json','configs/use_compressed.json']"
+evaluate_infer_export "${SEG_SMALL[*]}" --roi_size "[48,48,48]"  # inference at the training patch size
 summary spleen_ct_segmentation_compressed
 
 cd "$HERE/chest_xray_classification_compressed"
@@ -50,14 +54,5 @@ run "$PY" scripts/make_synthetic_data.py --train 48 --val 16 --test 4 --size 96
 run "$PY" -m monai.bundle run --config_file configs/train.json --epochs 12 "${CXR_SMALL[@]}"
 run "$PY" -m monai.bundle run --config_file "['configs/train.json','$RECIPE','configs/compress.json']" \
     --epochs 6 --prune#start_epoch 0 --prune#end_epoch 2 "${CXR_SMALL[@]}"
-run "$PY" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" "${CXR_SMALL[@]}"
-run "$PY" -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json','configs/use_compressed.json']" \
-    "${CXR_SMALL[@]}"
-run "$PY" -m monai.bundle run --config_file configs/inference.json --image_size "[96,96]"
-run "$PY" -m monai.bundle run --config_file "['configs/inference.json','configs/use_compressed.json']" --image_size "[96,96]"
-run "$PY" -m monai.bundle ckpt_export network --filepath models/model.ts --ckpt_file models/model.pt \
-    --meta_file configs/metadata.json --config_file configs/inference.json
-run "$PY" -m monai.bundle ckpt_export network --filepath models/compressed/model.ts \
-    --ckpt_file models/compressed/model.pt --meta_file configs/metadata.json \
-    --config_file "['configs/inference.json','configs/use_compressed.json']"
+evaluate_infer_export "${CXR_SMALL[*]}" --image_size "[96,96]"
 summary chest_xray_classification_compressed

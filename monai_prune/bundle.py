@@ -230,7 +230,7 @@ def _inference_config(src: str) -> Optional[Dict[str, Any]]:
     return config
 
 
-def _describe(src: str, recipe: str, out: str, epochs: Optional[int], int8: Optional[str],
+def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
               info: Dict[str, Any]) -> List[str]:
     steps = [f"read {src} (never modified): {os.path.relpath(info['train_path'], src)}, configs/metadata.json, "
              "models/model.pt",
@@ -273,7 +273,7 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     info = check_bundle(src, recipe, out, overrides)
-    steps = _describe(src, recipe, out, epochs, int8, info)
+    steps = _describe(src, out, epochs, int8, info)
     if dry_run:
         return {"dry_run": True, "steps": steps}
     parent = os.path.dirname(out)
@@ -295,7 +295,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
 
     from . import count_macs, count_params
     from .export import export_onnx, export_torchscript
-    from .measure import file_size, state_dict_bytes
+    from .measure import state_dict_bytes
     from .pruning import PruningPlan
 
     # a private bundle root: configs copied, the source's data folders linked (read only), dense weights copied
@@ -352,8 +352,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
             (shutil.copytree if os.path.isdir(os.path.join(src, entry)) else shutil.copy2)(
                 os.path.join(src, entry), target)
     shutil.copy2(info["recipe_path"], os.path.join(staging, "configs", "compress_recipe.json"))
-    state = {k: v for k, v in network.state_dict().items()}
-    torch.save(state, os.path.join(models, "model.pt"))
+    torch.save(network.state_dict(), os.path.join(models, "model.pt"))
     if plan is not None:
         plan.save(os.path.join(models, "plan.json"))
     onnx = export_onnx(network.cpu(), x.cpu(), os.path.join(models, "model.onnx"))
@@ -361,7 +360,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
 
     macs = {"before": count_macs(dense, x), "after": count_macs(network, x)}
     params = {"before": count_params(dense), "after": count_params(network)}
-    size = {"before": state_dict_bytes(dense), "after": file_size(os.path.join(models, "model.pt"))}
+    size = {"before": state_dict_bytes(dense), "after": state_dict_bytes(network)}  # both as torch.save writes them
     latency = {"before": _latency(dense, x, repeats), "after": _latency(network, x, repeats)}
     compression: Dict[str, Any] = {
         "tool": "monai-prune", "recipe": info["recipe"].get("recipe", {}).get("name",

@@ -8,7 +8,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Sequence
 
 from torch import nn
 
@@ -80,19 +80,24 @@ def run_forward(model: nn.Module, example_input):
 
 
 @contextmanager
-def root_logging_for_others() -> Iterator[None]:
+def root_logging_for_others(drop: Sequence[str] = ()) -> Iterator[None]:
     """ONNX Runtime's quantization tools log through the root logger (``logging.warning``), which configures it on
     first use and then prints every ``monai_prune`` message twice. While quantizing, a root handler that shows only
-    the other libraries' records keeps their warnings visible and ours single."""
+    the other libraries' records keeps their warnings visible and ours single; root records whose message starts
+    with one of ``drop`` (noise that says nothing about the result) are dropped."""
     root = logging.getLogger()
-    if root.handlers:
-        yield
-        return
-    handler = logging.StreamHandler()
-    handler.addFilter(lambda record: not record.name.startswith("monai_prune"))
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
-    root.addHandler(handler)
+    noise = logging.Filter()
+    noise.filter = lambda record: not str(record.msg).startswith(tuple(drop))
+    root.addFilter(noise)
+    handler = None
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.addFilter(lambda record: not record.name.startswith("monai_prune"))
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+        root.addHandler(handler)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        root.removeFilter(noise)
+        if handler is not None:
+            root.removeHandler(handler)

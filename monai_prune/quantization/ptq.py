@@ -571,7 +571,8 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
     failures: Dict[str, str] = {}
     for backend in backends:
         try:
-            with root_logging_for_others():  # ONNX Runtime's tools log through the root logger
+            # ONNX Runtime's tools log through the root logger, one "Expected bias ..." line per folded-BN Conv
+            with root_logging_for_others(drop=("Expected bias",)):
                 results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers,
                                                  keep, labels)
         except QuantizationError as e:
