@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -114,18 +114,6 @@ def compress_while_training(dense: torch.nn.Module, train: List[Dict[str, str]],
     return student, found
 
 
-def _sliding_window(volume: torch.Tensor, roi: Sequence[int]) -> Callable[[Callable], None]:
-    """The benchmark workload, as :func:`~monai_prune.measure.sliding_window_latency` runs it (sw_batch_size 1,
-    overlap 0.25, gaussian), for ``quantize(timing_fn=...)``: int8 is timed on the target shape."""
-    from monai.inferers import sliding_window_inference
-
-    def run(predictor: Callable) -> None:
-        with torch.no_grad():
-            sliding_window_inference(volume, roi, 1, predictor, overlap=0.25, mode="gaussian")
-
-    return run
-
-
 def labelled_patches(items: List[Dict[str, str]], roi: Sequence[int], per_volume: int,
                      seed: int = 0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """``(input (1, 1, *roi), label (1, *roi))`` patches of ``items`` after the inference preprocessing, cut as in
@@ -185,7 +173,9 @@ def int8_step(pruned: torch.nn.Module, train: List[Dict[str, str]], val: List[Di
     out_dir = os.path.join(config.out, "pruned_int8")
     try:
         result = quantize(pruned, calibration, backend=backend, max_delta=tolerance, out_dir=out_dir,
-                          timing_fn=_sliding_window(volume, config.bench_roi), repeats=config.repeats,
+                          timing_fn=lambda p: sliding_window_latency(p, volume, config.bench_roi, sw_batch_size=1,
+                                                                     repeats=1, warmup=0),
+                          repeats=config.repeats,
                           validation=validation)
     except QuantizationError as e:
         logger.warning("int8 REFUSED (the tolerance guardrail): %s", e)
