@@ -11,8 +11,9 @@ in a private working copy. The result is a new bundle folder, written under a te
 * ``configs/inference.json``: the source's own pre/post-processing and inferer, with the network loaded from
   ``model.ts`` (the model-zoo ``inference_trt.json`` pattern); the other configs copied;
 * ``configs/metadata.json``: new version + changelog entry, a ``compression`` section (recipe, plan checksum,
-  calibration hash, params/MACs/size before -> after, measured latency ratio, the evaluator's metrics before ->
-  after) and the sha256 of every model file;
+  calibration hash, params/MACs/size before -> after, measured latency ratio of the bundle's whole inferer and of
+  one network call, the evaluator's metrics and per-class metrics before -> after) and the sha256 of every model
+  file;
 * ``docs/README.md``: the same in words.
 """
 
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, InputError
+from .fidelity import class_names, compare_per_class, json_safe
 from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -185,17 +188,22 @@ def _state(path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-def _key_metrics(raw: Dict[str, Any], network: nn.Module) -> Dict[str, float]:
+def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str]) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """Run the bundle's own validation evaluator (its data, inferer, postprocessing, metrics) on ``network``,
-    without its handlers (no checkpoint is written)."""
+    without its handlers (no checkpoint is written): its key/additional metrics, and our per-class metrics
+    (:class:`~monai_prune.fidelity.PerClassMetrics`) from the same postprocessed outputs."""
     from monai.bundle import ConfigParser
+
+    from .fidelity import PerClassMetrics
 
     parser = ConfigParser(copy.deepcopy(raw))
     parser["network"] = network
     parser["validate#handlers"] = []
     evaluator = parser.get_parsed_content("validate#evaluator", instantiate=True)
+    per_class = PerClassMetrics(names).attach(evaluator)
     evaluator.run()
-    return {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+    scalars = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+    return scalars, per_class.compute()
 
 
 def _latency(model: Any, x: torch.Tensor, repeats: int = 5) -> float:
@@ -203,6 +211,30 @@ def _latency(model: Any, x: torch.Tensor, repeats: int = 5) -> float:
 
     with torch.no_grad():
         return time_call(lambda: model(x), repeats=repeats)["median_s"]
+
+
+def _inferer_latency(raw: Dict[str, Any], models: Dict[str, nn.Module], device: torch.device,
+                     repeats: int) -> Dict[str, Any]:
+    """Median seconds of the bundle's whole ``validate#inferer`` (e.g. sliding window) on the first validation
+    case after the bundle's preprocessing, for each model (interleaved rounds, same input)."""
+    from monai.bundle import ConfigParser
+
+    from .measure import time_call
+
+    parser = ConfigParser(copy.deepcopy(raw))
+    image = parser.get_parsed_content("validate#dataset")[0]["image"]
+    x = torch.as_tensor(image)[None].float().to(device)
+    inferer = parser.get_parsed_content("validate#inferer")
+    times: Dict[str, List[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for name, model in models.items():  # warm-up
+            inferer(inputs=x, network=model)
+        for _ in range(repeats):
+            for name, model in models.items():
+                times[name].append(time_call(lambda: inferer(inputs=x, network=model), repeats=1, warmup=0)["median_s"])
+    result: Dict[str, Any] = {name: statistics.median(t) for name, t in times.items()}
+    result.update(input_shape=list(x.shape), inferer=type(inferer).__name__)
+    return result
 
 
 def _inference_config(src: str) -> Optional[Dict[str, Any]]:
@@ -326,8 +358,10 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     dense = ConfigParser({"n": info["train"]["network_def"]}).get_parsed_content("n").to(device)
     dense.load_state_dict(dense_state)
     dense.eval()
+    pred_format = info["metadata"]["network_data_format"]["outputs"]["pred"]
+    names = class_names(pred_format.get("channel_def"), int(pred_format.get("num_channels", 1)))
     logger.info("evaluating the dense model with the bundle's validate#evaluator")
-    before = _key_metrics(raw, dense)
+    before, before_classes = _evaluate(raw, dense, names)
 
     trainer = parser.get_parsed_content("train#trainer", instantiate=True)
     logger.info("fine-tuning with %s for %d epochs", os.path.basename(info["recipe_path"]), trainer.state.max_epochs)
@@ -338,7 +372,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if os.path.isfile(best):
         network.load_state_dict(_state(best))  # the evaluator's best checkpoint (of the final architecture)
     network.eval()
-    after = _key_metrics(raw, network)
+    after, after_classes = _evaluate(raw, network, names)
     plan_file = os.path.join(ckpt_dir, "plan.json")
     plan = PruningPlan.load(plan_file) if os.path.isfile(plan_file) else None
 
@@ -361,16 +395,22 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     macs = {"before": count_macs(dense, x), "after": count_macs(network, x)}
     params = {"before": count_params(dense), "after": count_params(network)}
     size = {"before": state_dict_bytes(dense), "after": state_dict_bytes(network)}  # both as torch.save writes them
-    latency = {"before": _latency(dense, x, repeats), "after": _latency(network, x, repeats)}
+    network_call = {"before": _latency(dense, x, repeats), "after": _latency(network, x, repeats)}
+    logger.info("timing the bundle's validate#inferer with both models on %s", device.type)
+    latency = _inferer_latency(raw, {"before": dense, "after": network}, device, repeats)
     compression: Dict[str, Any] = {
         "tool": "monai-prune", "recipe": info["recipe"].get("recipe", {}).get("name",
                                                                            os.path.basename(info["recipe_path"])),
         "recipe_overrides": overrides, "epochs": trainer.state.max_epochs,
         "plan_checksum": plan.checksum if plan is not None else None,
         "params": params, "macs": macs, "size_bytes": size,
-        "latency_s": {**latency, "device": device.type, "input_shape": info["shape"],
-                      "ratio": latency["before"] / latency["after"]},
+        "latency_s": {**latency, "device": device.type, "ratio": latency["before"] / latency["after"],
+                      "what": "the bundle's validate#inferer on the first validation case (median)"},
+        "network_latency_s": {**network_call, "device": device.type, "input_shape": info["shape"],
+                              "ratio": network_call["before"] / network_call["after"]},
         "metrics": {k: {"before": before[k], "after": after.get(k)} for k in before},
+        "per_class": json_safe(compare_per_class(before_classes, after_classes)),
+        "validation_cases": before_classes["cases"],
         "calibration_sha256": None,
     }
     if int8:
@@ -415,6 +455,10 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     return compression
 
 
+def _fmt(value: Optional[float], spec: str = "{:.4f}") -> str:
+    return "n/a" if value is None else spec.format(value)
+
+
 def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str:
     from .report import markdown_table
 
@@ -425,12 +469,21 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
              f"{c['macs']['after'] / c['macs']['before']:.3f}"],
             ["weights size", f"{c['size_bytes']['before'] / 1e6:.2f} MB", f"{c['size_bytes']['after'] / 1e6:.2f} MB",
              f"{c['size_bytes']['after'] / c['size_bytes']['before']:.3f}"],
-            [f"latency ({c['latency_s']['device']}, one input {tuple(c['latency_s']['input_shape'])})",
+            [f"latency of the bundle's inferer ({c['latency_s']['inferer']}, {c['latency_s']['device']}, one "
+             f"validation image {tuple(c['latency_s']['input_shape'])})",
              f"{c['latency_s']['before']:.4f} s", f"{c['latency_s']['after']:.4f} s",
-             f"{c['latency_s']['ratio']:.2f}x faster"]]
+             f"{c['latency_s']['ratio']:.2f}x faster"],
+            [f"latency of one network call ({c['network_latency_s']['device']}, "
+             f"{tuple(c['network_latency_s']['input_shape'])})",
+             f"{c['network_latency_s']['before']:.4f} s", f"{c['network_latency_s']['after']:.4f} s",
+             f"{c['network_latency_s']['ratio']:.2f}x faster"]]
     for name, values in c["metrics"].items():
         delta = values["after"] - values["before"] if values["after"] is not None else float("nan")
         rows.append([f"{name} (validation)", f"{values['before']:.4f}", f"{values['after']:.4f}", f"{delta:+.4f}"])
+    for name, metrics in c["per_class"].items():
+        for metric, values in metrics.items():
+            rows.append([f"{metric}, class {name!r} (validation, {c['validation_cases']} cases)", _fmt(values["before"]),
+                         _fmt(values["after"]), _fmt(values["delta"], "{:+.4f}")])
     int8 = c.get("int8")
     lines = [
         f"# {metadata['name']}", "",
@@ -440,8 +493,11 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
         "Only the network changed: preprocessing, inferer and postprocessing are the source bundle's.", "",
         "## What was measured (before = the source's dense model, after = this bundle's model)", "",
         markdown_table(["", "before", "after", "after / before"], rows), "",
-        "Metrics come from the source bundle's own validation evaluator (`validate#evaluator`) on its validation "
-        "data; check them on your own held-out data before clinical use.", "",
+        "Metrics come from the source bundle's own validation evaluator (`validate#evaluator`: its data, inferer "
+        "and postprocessing) on its validation data; per-class values are monai-prune's from the same outputs "
+        "(segmentation: Dice per class averaged over cases; classification: sensitivity and one-vs-rest AUC per "
+        "class; n/a where undefined, e.g. a class absent from the data). Check them on your own held-out data "
+        "before clinical use.", "",
     ]
     if int8:
         lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, voxel "

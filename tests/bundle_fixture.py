@@ -183,7 +183,8 @@ def write_bundle(root: str, volumes: int = 6, max_epochs: int = 4) -> str:
                 "network_data_format": {"inputs": {"image": {"type": "image", "num_channels": 1,
                                                               "spatial_shape": ROI}},
                                         "outputs": {"pred": {"type": "image", "num_channels": 2,
-                                                             "spatial_shape": ROI}}}}
+                                                             "spatial_shape": ROI,
+                                                             "channel_def": {"0": "background", "1": "spleen"}}}}}
     with open(os.path.join(root, "configs", "metadata.json"), "w") as f:
         json.dump(metadata, f, indent=2)
     with open(os.path.join(root, "configs", "logging.conf"), "w") as f:  # as model-zoo bundles ship it

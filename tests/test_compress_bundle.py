@@ -99,11 +99,20 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     assert c["recipe"] == "channel_pruning_kd" and c["macs"]["after"] < 0.6 * c["macs"]["before"]
     assert c["params"]["after"] < c["params"]["before"] and c["latency_s"]["ratio"] > 0
     assert set(c["metrics"]) >= {"val_mean_dice"} and 0 <= c["metrics"]["val_mean_dice"]["after"] <= 1
+    # per class, from the same evaluator outputs: the background is left out; with one foreground class the
+    # per-class Dice is the evaluator's own mean Dice (MeanDice, include_background=False), before and after
+    assert list(c["per_class"]) == ["spleen"] and c["validation_cases"] == 2
+    for when in ("before", "after"):
+        assert c["per_class"]["spleen"]["dice"][when] == pytest.approx(c["metrics"]["val_mean_dice"][when], abs=1e-4)
+    # latency of the whole sliding-window inferer on a validation volume, and of one network call
+    assert c["latency_s"]["inferer"] == "SlidingWindowInferer" and c["latency_s"]["input_shape"] == [1, 1, 48, 48, 48]
+    assert c["network_latency_s"]["input_shape"] == json.loads(SHAPE) and c["network_latency_s"]["ratio"] > 0
     assert len(c["calibration_sha256"]) == 64 and c["int8"]["backend"] == "onnxruntime"
     assert c["plan_checksum"] == PruningPlan.load(os.path.join(models, "plan.json")).checksum
     assert set(verify_model_files(out)) == set(os.listdir(models))
     readme = open(os.path.join(out, "docs", "README.md")).read()
-    assert "MACs per input" in readme and "val_mean_dice" in readme
+    assert "MACs per input" in readme and "val_mean_dice" in readme and "dice, class 'spleen'" in readme
+    assert "SlidingWindowInferer" in readme
     # nothing identifying: no data file names in what we wrote
     for text in (json.dumps(metadata), readme):
         assert "ct_0" not in text and "/data" not in text

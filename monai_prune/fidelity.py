@@ -1,0 +1,163 @@
+"""Per-class fidelity: what a compressed model lost, class by class.
+
+A mean Dice that holds while one small organ collapses is a patient-safety failure, so every comparison here is
+per class. :class:`PerClassMetrics` accumulates one model's postprocessed predictions against labels, sample by
+sample (it attaches to a MONAI evaluator like a metric handler), and :func:`compare_per_class` puts two of them
+(dense = before, compressed = after) side by side.
+
+* segmentation (prediction ``(C, *spatial)``): per-class Dice per case (cases where the class is absent in both
+  prediction and label are skipped, like MONAI's ``ignore_empty``), averaged over cases, and the per-case values
+  (to find the worst cases);
+* classification (prediction ``(C,)`` probabilities/logits/one-hot): accuracy, per-class sensitivity (recall) and
+  per-class one-vs-rest AUC (MONAI's ``compute_roc_auc``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+
+from .errors import InputError
+
+BACKGROUND_NAMES = ("background", "bg", "_background_")
+
+
+def class_names(channel_def: Optional[Mapping[Any, Any]], classes: int) -> List[str]:
+    """Names of ``classes`` output channels from a bundle's ``channel_def`` (``{"0": "background", ...}``)."""
+    channel_def = {int(k): str(v) for k, v in (channel_def or {}).items()}
+    return [channel_def.get(c, f"class_{c}") for c in range(classes)]
+
+
+def _as_index(x: torch.Tensor, classes: int) -> torch.Tensor:
+    """A channel-first map (one-hot, probabilities or logits with ``classes`` channels, or one channel of class
+    indices) as a map of class indices without the channel dimension."""
+    if x.shape[0] == classes and classes > 1:
+        return x.argmax(0)
+    if x.shape[0] == 1:
+        return x[0].round().long() if classes > 1 else (x[0] > 0.5).long()
+    raise InputError(f"cannot compare a {tuple(x.shape)} map with a {classes}-class prediction")
+
+
+class PerClassMetrics:
+    """Accumulate per-class metrics of one model's predictions against labels.
+
+    Args:
+        names: class names by channel (default ``class_0``, ``class_1`` ...), e.g. from :func:`class_names`.
+        skip: class names left out of the result (the background's Dice says nothing).
+    """
+
+    def __init__(self, names: Optional[Sequence[str]] = None, skip: Sequence[str] = BACKGROUND_NAMES) -> None:
+        self.names = list(names) if names is not None else None
+        self.skip = {s.lower() for s in skip}
+        self.task: Optional[str] = None
+        self.dice: List[List[float]] = []  # per case, per class (nan: class absent in both)
+        self.scores: List[torch.Tensor] = []
+        self.labels: List[int] = []
+
+    def _names(self, classes: int) -> List[str]:
+        if self.names is None:
+            self.names = class_names(None, classes)
+        if len(self.names) != classes:
+            raise InputError(f"{classes} output channels but {len(self.names)} class names {self.names}")
+        return self.names
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """One sample, channel first, as a bundle's postprocessing leaves it."""
+        pred, label = torch.as_tensor(pred).detach().cpu(), torch.as_tensor(label).detach().cpu()
+        task = "segmentation" if pred.ndim >= 3 else "classification"
+        if self.task not in (None, task):
+            raise InputError(f"a {task} sample after {self.task} samples: one metric object per task")
+        self.task = task
+        if task == "segmentation":
+            classes = int(pred.shape[0]) if pred.shape[0] > 1 else 2
+            self._names(classes)
+            p, t = _as_index(pred, classes), _as_index(label, classes)
+            if p.shape != t.shape:
+                raise InputError(f"prediction {tuple(p.shape)} and label {tuple(t.shape)} differ in spatial shape")
+            row = []
+            for c in range(classes):
+                a, b = p == c, t == c
+                total = int(a.sum() + b.sum())
+                row.append(2.0 * int((a & b).sum()) / total if total else math.nan)
+            self.dice.append(row)
+        else:
+            scores = pred.reshape(-1).float()
+            self._names(len(scores))
+            self.scores.append(scores)
+            flat = label.reshape(-1)
+            self.labels.append(int(flat.argmax()) if flat.numel() == len(scores) and flat.numel() > 1
+                               else int(flat[0].round()))
+
+    def attach(self, engine, output_transform: Optional[Callable[[Any], Any]] = None) -> "PerClassMetrics":
+        """Update from an ignite/MONAI engine's decollated output (``[{"pred": ..., "label": ...}, ...]``) after
+        every iteration."""
+        from ignite.engine import Events
+
+        def collect(e) -> None:
+            output = e.state.output if output_transform is None else output_transform(e.state.output)
+            for item in output if isinstance(output, list) else [output]:
+                self.update(item["pred"], item["label"])
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, collect)
+        return self
+
+    @property
+    def cases(self) -> int:
+        return len(self.dice) if self.task == "segmentation" else len(self.labels)
+
+    def compute(self) -> Dict[str, Any]:
+        """``{"task", "cases", "per_class": {name: {metric: value}}, ...}`` (nan where a metric is undefined)."""
+        if self.task is None:
+            raise InputError("no samples were seen: nothing to measure")
+        names = self.names or []
+        keep = [c for c, n in enumerate(names) if n.lower() not in self.skip]
+        result: Dict[str, Any] = {"task": self.task, "cases": self.cases}
+        if self.task == "segmentation":
+            table = torch.tensor(self.dice, dtype=torch.float64)
+            result["per_class"] = {names[c]: {"dice": _nanmean(table[:, c])} for c in keep}
+            result["per_case_dice"] = [[None if math.isnan(v) else v for v in (row[c] for c in keep)]
+                                       for row in self.dice]
+            return result
+        from monai.metrics import compute_roc_auc
+
+        scores, truth = torch.stack(self.scores), torch.tensor(self.labels)
+        predicted = scores.argmax(1)
+        result["accuracy"] = float((predicted == truth).float().mean())
+        per_class = {}
+        for c in keep:
+            positive = truth == c
+            entry = {"sensitivity": float((predicted[positive] == c).float().mean()) if positive.any() else math.nan,
+                     "auc": math.nan}
+            if 0 < int(positive.sum()) < len(truth):  # AUC needs both positives and negatives
+                entry["auc"] = float(compute_roc_auc(scores[:, c], positive.long()))
+            per_class[names[c]] = entry
+        result["per_class"] = per_class
+        return result
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    values = values[~torch.isnan(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def compare_per_class(before: Mapping[str, Any], after: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """``{class: {metric: {"before", "after", "delta"}}}`` from two :meth:`PerClassMetrics.compute` results."""
+    table: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for name, metrics in before["per_class"].items():
+        for metric, b in metrics.items():
+            a = after["per_class"].get(name, {}).get(metric, math.nan)
+            table.setdefault(name, {})[metric] = {"before": b, "after": a, "delta": a - b}
+    return table
+
+
+def json_safe(x: Any) -> Any:
+    """nan/inf -> None, recursively (JSON has no NaN; ``metadata.json`` must stay strict JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x

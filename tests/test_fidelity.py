@@ -1,0 +1,76 @@
+"""Per-class fidelity metrics against hand computations: a mean that holds must not hide a class that collapses."""
+
+import math
+
+import pytest
+import torch
+
+from monai_prune.errors import InputError
+from monai_prune.fidelity import PerClassMetrics, class_names, compare_per_class, json_safe
+
+
+def _onehot(index_map, classes):
+    return torch.nn.functional.one_hot(index_map.long(), classes).movedim(-1, 0).float()
+
+
+def test_segmentation_per_class_dice_matches_hand_counts_and_monai():
+    from monai.metrics import DiceMetric
+
+    torch.manual_seed(0)
+    label = torch.zeros(16, 16, 16, dtype=torch.long)
+    label[2:10, 2:10, 2:10] = 1          # a large organ
+    label[12:14, 12:14, 12:14] = 2       # a small one
+    pred = label.clone()
+    pred[2:10, 2:10, 2:4] = 0            # the large organ loses a quarter
+    pred[12:14, 12:14, 12:14] = 0        # the small organ is missed entirely
+    m = PerClassMetrics(class_names({"0": "background", "1": "liver", "2": "lesion"}, 3))
+    m.update(_onehot(pred, 3), label[None].float())  # label as one channel of indices, as LoadImage gives it
+    result = m.compute()
+    assert result["task"] == "segmentation" and result["cases"] == 1 and list(result["per_class"]) == ["liver", "lesion"]
+    assert result["per_class"]["liver"]["dice"] == pytest.approx(2 * 384 / (384 + 512))
+    assert result["per_class"]["lesion"]["dice"] == 0.0
+    reference = DiceMetric(include_background=False, reduction="none")(_onehot(pred, 3)[None], _onehot(label, 3)[None])
+    assert result["per_class"]["liver"]["dice"] == pytest.approx(float(reference[0, 0]))
+
+    # a second case without the lesion in label or prediction is skipped for that class (not counted as 0 or 1)
+    empty = label.clone()
+    empty[empty == 2] = 0
+    m.update(_onehot(empty, 3), _onehot(empty, 3))
+    result = m.compute()
+    assert result["per_class"]["lesion"]["dice"] == 0.0 and result["per_case_dice"][1][1] is None
+    assert result["per_class"]["liver"]["dice"] == pytest.approx((2 * 384 / 896 + 1.0) / 2)
+
+
+def test_classification_accuracy_sensitivity_and_auc():
+    scores = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]])
+    labels = [0, 1, 1, 0, 1]
+    m = PerClassMetrics(["normal", "nodule"], skip=())
+    for s, y in zip(scores, labels):
+        m.update(s, torch.nn.functional.one_hot(torch.tensor(y), 2).float())  # one-hot labels, as AsDiscreted gives
+    result = m.compute()
+    assert result["task"] == "classification" and result["accuracy"] == pytest.approx(3 / 5)
+    assert result["per_class"]["nodule"]["sensitivity"] == pytest.approx(2 / 3)
+    assert result["per_class"]["normal"]["sensitivity"] == pytest.approx(1 / 2)
+    # nodule AUC: positives' scores 0.4, 0.7, 0.8 vs negatives' 0.1, 0.55: 5 of 6 pairs ordered
+    assert result["per_class"]["nodule"]["auc"] == pytest.approx(5 / 6)
+
+
+def test_compare_and_json_safety():
+    before = {"per_class": {"spleen": {"dice": 0.9}, "lesion": {"dice": math.nan}}}
+    after = {"per_class": {"spleen": {"dice": 0.85}}}
+    table = compare_per_class(before, after)
+    assert table["spleen"]["dice"]["delta"] == pytest.approx(-0.05)
+    assert json_safe(table)["lesion"]["dice"] == {"before": None, "after": None, "delta": None}
+
+
+def test_bad_inputs_are_refused():
+    m = PerClassMetrics(["a", "b", "c"])
+    with pytest.raises(InputError, match="3 output channels but"):
+        PerClassMetrics(["a", "b"]).update(torch.rand(3, 4, 4, 4), torch.zeros(1, 4, 4, 4))
+    with pytest.raises(InputError, match="spatial shape"):
+        m.update(torch.rand(3, 4, 4, 4), torch.zeros(1, 4, 4, 5))
+    m.update(torch.rand(3, 4, 4, 4), torch.zeros(1, 4, 4, 4))
+    with pytest.raises(InputError, match="one metric object per task"):
+        m.update(torch.rand(3), torch.tensor([1]))
+    with pytest.raises(InputError, match="no samples"):
+        PerClassMetrics().compute()
