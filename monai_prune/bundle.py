@@ -141,10 +141,11 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
         raise ConfigError("the qat recipe runs with the stock bundle CLI (python -m monai.bundle run --config_file "
                           "\"['configs/train.json','<qat.json>']\"); compress-bundle makes int8 by post-training "
                           "quantization: --int8 openvino|onnxruntime|auto")
-    unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not k.startswith("train#")]
+    unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not _get(train, k)[0]]
     if unknown:
-        raise ConfigError(f"unknown recipe keys {unknown}: {os.path.basename(path)} has "
-                          f"{sorted(k for k in recipe_config if not k.startswith(('+', 'recipe')))}")
+        raise ConfigError(f"unknown keys {unknown}: neither {os.path.basename(path)} "
+                          f"({sorted(k for k in recipe_config if not k.startswith(('+', 'recipe')))}) nor "
+                          f"{os.path.basename(train_path)} has them")
     if os.path.exists(out):
         raise InputError(f"output {out} already exists: choose a new folder (nothing was written)")
     return {"metadata": metadata, "train": train, "train_path": train_path, "recipe": recipe_config,
@@ -342,6 +343,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     parser.read_config([info["train_path"].replace(src, run_root, 1), info["recipe_path"]])
     parser.read_meta(os.path.join(run_root, "configs", "metadata.json"))
     parser["bundle_root"] = run_root
+    if _get(info["recipe"], "prune#input_shape")[0] and "prune#input_shape" not in overrides:
+        parser["prune#input_shape"] = info["shape"]  # the bundle's own input, not the recipe's 3D placeholder
     for key, value in overrides.items():
         parser[key] = value
     if epochs is not None:

@@ -228,7 +228,8 @@ def make_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--out", required=True, help="the new bundle folder (must not exist)")
     bundle.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the bundle's max_epochs)")
     bundle.add_argument("--set", type=_override, action="append", metavar="KEY=VALUE",
-                        help="recipe parameter, e.g. --set prune#final_sparsity=0.7 (repeatable)")
+                        help="recipe or bundle parameter, e.g. --set prune#final_sparsity=0.7 --set image_size=[96,96] "
+                             "(repeatable; prune#input_shape defaults to the bundle's metadata input)")
     bundle.add_argument("--int8", choices=["onnxruntime", "openvino", "auto"], help="also write an int8 model")
     bundle.add_argument("--calibration", type=int, default=8, help="int8 calibration samples (default 8)")
     bundle.add_argument("--target-device", default="cpu", help="where latency is measured (cpu)")

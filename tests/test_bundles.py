@@ -269,6 +269,29 @@ def test_chest_xray_bundle_trains_and_infers_class_labels(tmp_path):
         assert torch.allclose(scripted(x), net.eval()(x), atol=1e-5)
 
     _bundle(root, "run", "--config_file", "configs/inference.json", "--image_size", "[64,64]")
+    _check_class_predictions(root)
+
+    # monai-prune compress-bundle on the classification bundle: bundle ids and recipe ids in --set, the example
+    # input (prune#input_shape) from the metadata, per-class sensitivity/AUC before -> after
+    out = str(tmp_path / "cxr_compressed")
+    cli = os.path.join(os.path.dirname(sys.executable), "monai-prune")
+    done = subprocess.run([cli, "compress-bundle", root, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+                           "--set", "image_size=[64,64]", "--set", "batch_size=4", "--set", "prune#start_epoch=0",
+                           "--set", "prune#end_epoch=0", "--set", "prune#final_sparsity=0.5"],
+                          capture_output=True, text=True, timeout=900, env=_offline_env())
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    c = json.load(open(os.path.join(out, "configs", "metadata.json")))["compression"]
+    assert c["macs"]["after"] < 0.5 * c["macs"]["before"] and c["validation_cases"] == 4
+    assert set(c["per_class"]) == {"no_lesion", "lesion"} and set(c["per_class"]["lesion"]) == {"sensitivity", "auc"}
+    assert c["latency_s"]["inferer"] == "SimpleInferer" and c["latency_s"]["input_shape"] == [1, 1, 64, 64]
+    assert {"val_accuracy", "val_auc"} <= set(c["metrics"])
+    # the compressed bundle's inference.json (network from model.ts) still ends with a class label
+    shutil.copytree(os.path.join(root, "data"), os.path.join(out, "data"))
+    _bundle(out, "run", "--config_file", "configs/inference.json", "--image_size", "[64,64]")
+    _check_class_predictions(out)
+
+
+def _check_class_predictions(root):
     with open(os.path.join(root, "eval", "predictions.csv")) as f:
         rows = list(csv.reader(f))
     assert [os.path.basename(r[0]) for r in rows] == ["cxr_test_000.png", "cxr_test_001.png"]

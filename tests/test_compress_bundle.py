@@ -160,7 +160,7 @@ def test_compress_bundle_errors_are_one_line_and_write_nothing(tmp_path, capsys)
     fails([root, "--recipe", "channel_pruning", "--out", out], "train the bundle first")
     torch.save({"x": torch.ones(1)}, os.path.join(root, "models", "model.pt"))
     fails([root, "--recipe", "no_such_recipe", "--out", out], "unknown recipe")
-    fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "prune#sparsity=0.5"], "unknown recipe keys")
+    fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "prune#sparsity=0.5"], "unknown keys")
     fails([root, "--recipe", "qat", "--out", out], "--int8")
     os.makedirs(str(tmp_path / "exists"))
     assert main(["compress-bundle", root, "--recipe", "channel_pruning", "--out", str(tmp_path / "exists")]) == 2
