@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-cpu.txt "torch==2.13.0"
-	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[openvino,bundle,dev]"
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[openvino,bundle,deploy,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -442,7 +442,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
                     f"params x{params['after'] / params['before']:.3f}, latency {compression['latency_s']['ratio']:.2f}x "
                     f"faster on {device.type}")
     metadata["changelog"] = {version: summary_line, **metadata.get("changelog", {})}
-    metadata["name"] = f"{metadata.get('name', os.path.basename(src))} (compressed)"
+    name = str(metadata.get("name", os.path.basename(src)))
+    metadata["name"] = name if "compressed" in name.lower() else f"{name} (compressed)"
     metadata["compression"] = compression
     inference = _inference_config(src)
     export_torchscript(network.cpu(), x.cpu(), os.path.join(models, "model.ts"),
@@ -505,7 +506,7 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
     if int8:
         lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, voxel "
                   f"agreement with fp32 {int8['agreement_vs_fp32']:.4f}, {int8['speedup_vs_fp32']:.2f}x vs its fp32. "
-                  + " ".join(int8["warnings"]), ""]
+                  + " ".join(w.rstrip(". ") + "." for w in int8["warnings"]), ""]
     lines += ["## Files", "",
               "- `models/model.ts`: TorchScript of the compressed network (metadata and inference config embedded); "
               "what `configs/inference.json` and MONAI Deploy load.",

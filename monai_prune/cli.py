@@ -188,6 +188,26 @@ def _cmd_compress_bundle(args) -> int:
     return 0
 
 
+def app_script(app: str) -> str:
+    """``app.py`` of a deploy app: a folder or file path, or a name under the repository's ``apps/``."""
+    from .errors import InputError
+
+    candidates = [app, os.path.join(app, "app.py"),
+                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", app, "app.py")]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and candidate.endswith(".py"):
+            return os.path.abspath(candidate)
+    raise InputError(f"no deploy app {app!r}: give an app folder, its app.py, or one of apps/ (ct_seg_compressed, "
+                     "xray_cls_compressed)")
+
+
+def _cmd_deploy_run(args) -> int:
+    import subprocess
+
+    script = app_script(args.app)
+    return subprocess.run([sys.executable, script, *args.app_args]).returncode
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-prune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -235,6 +255,16 @@ def make_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--target-device", default="cpu", help="where latency is measured (cpu)")
     bundle.add_argument("--dry-run", action="store_true", help="print what would be done; write nothing")
     bundle.set_defaults(func=_cmd_compress_bundle)
+
+    deploy = sub.add_parser("deploy", help="MONAI Deploy apps for compressed bundles")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    run = deploy_sub.add_parser("run", help="run a deploy app locally: deploy run APP -i DICOM_DIR -o OUT -m BUNDLE",
+                                description="Runs the app's app.py with the remaining arguments (-i, -o, -m, --backend "
+                                            "auto|torchscript|onnxruntime|openvino, --precision auto|fp32|int8, "
+                                            "--nifti); its exit code is returned.")
+    run.add_argument("app", help="app folder, app.py, or a name under apps/ (ct_seg_compressed, xray_cls_compressed)")
+    run.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments for the app")
+    run.set_defaults(func=_cmd_deploy_run)
     return parser
 
 

@@ -85,7 +85,7 @@ def export_torchscript(
         with torch.no_grad():
             traced = torch.jit.trace(net, example_input, check_trace=False)
     diff = None
-    with atomic_path(path, ".ts") as tmp:
+    with atomic_path(path, keep_name=True) as tmp:  # the archive's root folder is named after the file
         torch.jit.save(traced, str(tmp), _extra_files=files)
         if check:
             loaded = torch.jit.load(str(tmp), map_location="cpu")

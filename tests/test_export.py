@@ -36,7 +36,10 @@ def test_torchscript_roundtrip_with_bundle_files(pruned, tmp_path):
     # stored the way monai.bundle ckpt_export does: under extra/ in the archive
     import zipfile
 
-    assert any(n.endswith("extra/metadata.json") for n in zipfile.ZipFile(tmp_path / "model.ts").namelist())
+    names = zipfile.ZipFile(tmp_path / "model.ts").namelist()
+    # ... with the archive's root folder named after the file, where MONAI Deploy looks (<stem>/extra/<config>)
+    assert "model/extra/metadata.json" in names and "model/extra/inference.json" in names, names
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ts"]  # no temporary left beside it
 
 
 def test_onnx_dynamic_axes_and_agreement(pruned, tmp_path):

@@ -1,0 +1,226 @@
+"""MONAI Deploy App SDK operators for compressed bundles.
+
+* :class:`CompressedBundleInferenceOperator`: the stock ``MonaiBundleInferenceOperator`` (the bundle's own
+  ``inference`` preprocessing, inferer and postprocessing, ``LoadImage``/``SaveImage`` dropped), but the network is a
+  verified model file of a compressed bundle run by TorchScript, ONNX Runtime or OpenVINO, fp32 or int8
+  (:func:`monai_prune.deploy.models.select_model`); the stock operator keeps working on the same bundle's
+  ``model.ts``. For a classification bundle it emits ``{"class_index", "class_name", "probabilities"}``.
+* :class:`ClassificationResultOperator`: such a result -> ``result.json`` in the output folder and the text the stock
+  ``DICOMTextSRWriterOperator`` writes into a DICOM SR.
+* :class:`StageTimer` + :func:`timed`: seconds spent in every operator's ``compute`` (and the inference
+  operator's pre-processing, network, post-processing), logged per stage and written with the results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from monai.deploy.core import Operator, OperatorSpec
+from monai.deploy.operators import MonaiBundleInferenceOperator
+
+from ..utils import atomic_write_text
+from .models import ModelChoice, select_model
+
+logger = logging.getLogger(__name__)
+
+
+class StageTimer:
+    """Seconds per named stage (summed if a stage runs more than once)."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        logger.info("stage %s: %.3f s", stage, seconds)
+
+    def measure(self, stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.add(stage, time.perf_counter() - start)
+
+
+_TIMED_CLASSES: Dict[type, type] = {}
+
+
+def timed(cls: type) -> type:
+    """A subclass of operator class ``cls`` whose ``compute`` is timed into the instance's ``stage_timer``
+    (an attribute set after construction; no timer, no timing)."""
+    if cls not in _TIMED_CLASSES:
+        def compute(self, op_input, op_output, context):
+            timer: Optional[StageTimer] = getattr(self, "stage_timer", None)
+            if timer is None:
+                return cls.compute(self, op_input, op_output, context)
+            return timer.measure(self.name, cls.compute, self, op_input, op_output, context)
+
+        _TIMED_CLASSES[cls] = type(f"Timed{cls.__name__}", (cls,), {"compute": compute, "__doc__": cls.__doc__})
+    return _TIMED_CLASSES[cls]
+
+
+class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
+    """Run a compressed bundle's model through our backends, with the bundle's own pre/post-processing and inferer.
+
+    Takes the stock operator's arguments (``app_context``, ``input_mapping``, ``output_mapping``, ``bundle_path``,
+    ``bundle_config_names`` ...) plus:
+
+    Args:
+        backend: ``"auto"``, ``"torchscript"``, ``"onnxruntime"`` or ``"openvino"``.
+        precision: ``"auto"``, ``"fp32"`` or ``"int8"``.
+        verify: check the model files' sha256 from ``configs/metadata.json`` before loading (default True).
+        num_threads: intra-op threads for ONNX Runtime / OpenVINO.
+        stage_timer: a :class:`StageTimer` for pre-processing / network / post-processing seconds.
+        model_choice: an already verified :class:`~monai_prune.deploy.models.ModelChoice` (the apps' runner checks
+            the model before the graph starts); then backend/precision/verify are not consulted.
+
+    ``bundle_path`` is the compressed bundle folder (or a file in its ``models/``); without it, the app's model
+    path (``-m``) is used. ``model_choice`` tells, after the first ``compute``, which file and backend ran.
+    """
+
+    def __init__(self, fragment, *args, backend: str = "auto", precision: str = "auto", verify: bool = True,
+                 num_threads: Optional[int] = None, stage_timer: Optional[StageTimer] = None,
+                 model_choice: Optional[ModelChoice] = None, **kwargs) -> None:
+        self._backend, self._precision, self._verify = backend, precision, verify
+        self._num_threads = num_threads
+        self.stage_timer = stage_timer
+        self.model_choice: Optional[ModelChoice] = model_choice
+        self._runner = None
+        self._probabilities: Optional[torch.Tensor] = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def _prepare(self) -> None:
+        """Verify and load the model once, before the stock compute touches any file."""
+        if self._runner is not None:
+            return
+        from ..runtime import Predictor
+
+        choice = self.model_choice
+        if choice is None:
+            path = self.bundle_path or (Path(self.app_context.model_path) if self.app_context.model_path else None)
+            if path is None:
+                raise IOError("no compressed bundle: pass bundle_path= or run the app with -m <bundle folder>")
+            choice = select_model(str(path), self._backend, self._precision, verify=self._verify)
+        if choice.bundle is not None:
+            self.bundle_path = Path(choice.bundle)  # configs are read from the folder, not from inside model.ts
+        elif choice.path.endswith(".ts"):
+            self.bundle_path = Path(choice.path)  # a lone model.ts: configs embedded under extra/ (ckpt_export)
+        self._runner = Predictor(choice.path, backend=choice.backend, num_threads=self._num_threads,
+                                 device="cpu" if choice.backend != "torchscript" or not torch.cuda.is_available()
+                                 else "cuda")
+        self.model_choice = choice
+        logger.info("model %s %s (sha256 %s...) on %s %s: %s", choice.name, choice.version, choice.sha256[:12],
+                    choice.backend, choice.precision, choice.reason)
+
+    def compute(self, op_input, op_output, context):
+        self._prepare()
+        super().compute(op_input, op_output, context)
+
+    def _timed(self, stage: str, fn, *args, **kwargs):
+        if self.stage_timer is None:
+            return fn(*args, **kwargs)
+        return self.stage_timer.measure(f"{self.name}.{stage}", fn, *args, **kwargs)
+
+    def pre_process(self, data: Any, *args, **kwargs):
+        return self._timed("preprocessing", super().pre_process, data, *args, **kwargs)
+
+    def predict(self, data: Any, *args, **kwargs):
+        """The bundle's inferer (e.g. sliding window) around our runtime instead of ``torch.jit.load(model.ts)``."""
+        with torch.no_grad():
+            return self._timed("network", self._inferer, inputs=data, network=self._runner, *args, **kwargs)
+
+    def post_process(self, data: Any, *args, **kwargs):
+        outputs = self._timed("postprocessing", super().post_process, data, *args, **kwargs)
+        if isinstance(outputs, dict) and "probabilities" in outputs:  # e.g. CopyItemsd(pred -> probabilities)
+            self._probabilities = torch.as_tensor(outputs["probabilities"]).detach().cpu().reshape(-1)
+        return outputs
+
+    def _receive_input(self, name: str, op_input, context):
+        """As the stock operator, plus: a 2D bundle fed a one-slice DICOM series (an X-ray through
+        ``DICOMSeriesToVolumeOperator`` is ``(W, H, 1)`` after the stock conversion) gets the 2D image."""
+        import numpy as np
+
+        value, meta = super()._receive_input(name, op_input, context)
+        spatial = self._inputs.get(name, {}).get("spatial_shape") or []
+        if len(spatial) == 2 and getattr(value, "ndim", 0) == 3 and value.shape[-1] == 1:
+            value = value[..., 0]
+            meta = dict(meta or {})
+            meta["spatial_shape"] = np.asarray(value.shape)
+            if "spacing" in meta:
+                meta["spacing"] = np.asarray(meta["spacing"])[:2]
+            for key in ("affine", "original_affine"):  # a 4x4 affine does not fit a 2D image; pixels are what count
+                meta[key] = np.eye(3)
+        return value, meta
+
+    def _send_output(self, value: Any, name: str, metadata: Dict, op_output, context):
+        conf = self._outputs[name]
+        if conf.get("type") != "probabilities":
+            return super()._send_output(value, name, metadata, op_output, context)
+        names = conf.get("channel_def", {})
+        index = int(torch.as_tensor(value).reshape(-1)[0]) if torch.as_tensor(value).numel() == 1 else \
+            int(torch.as_tensor(value).reshape(-1).argmax())
+        probabilities = self._probabilities if self._probabilities is not None else torch.as_tensor(value).reshape(-1)
+        result = {"class_index": index, "class_name": names.get(str(index), str(index)),
+                  "probabilities": {names.get(str(i), str(i)): float(p) for i, p in enumerate(probabilities)}}
+        op_output.emit(result, name)
+
+
+class ClassificationResultOperator(Operator):
+    """A classification result -> ``result.json`` (with the model record and stage times so far) + SR text.
+
+    Named input ``result`` (from :class:`CompressedBundleInferenceOperator`), named output ``text``.
+    """
+
+    def __init__(self, fragment, *args, output_folder: Path, model_op: CompressedBundleInferenceOperator,
+                 **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.model_op = model_op
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("result")
+        spec.output("text")
+
+    def compute(self, op_input, op_output, context):
+        result = dict(op_input.receive("result"))
+        choice = self.model_op.model_choice
+        result["model"] = choice.to_dict() if choice is not None else None
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_folder / "result.json", json.dumps(result, indent=2))
+        probabilities = ", ".join(f"{k}: {v:.3f}" for k, v in result["probabilities"].items())
+        model = f"{choice.name} {choice.version} ({choice.backend} {choice.precision})" if choice else "unknown model"
+        op_output.emit(f"{result['class_name']} (probabilities {probabilities}; model {model})", "text")
+
+
+class NiftiSegmentationWriterOperator(Operator):
+    """The segmentation ``Image`` (as the bundle operator emits it for the DICOM SEG writer: ``(D, H, W)`` uint8 with
+    the input's metadata) -> ``segmentation.nii.gz`` on the input volume's grid (RAS affine), for inspection."""
+
+    def __init__(self, fragment, *args, output_folder: Path, filename: str = "segmentation.nii.gz", **kwargs) -> None:
+        self.output_folder, self.filename = Path(output_folder), filename
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("seg_image")
+
+    def compute(self, op_input, op_output, context):
+        import nibabel as nib
+        import numpy as np
+
+        image = op_input.receive("seg_image")
+        array = np.swapaxes(np.asarray(image.asnumpy()), 0, -1)  # (D, H, W) -> (W, H, D), the volume's index order
+        meta = image.metadata()
+        affine = meta.get("original_affine", meta.get("affine"))
+        affine = np.asarray(affine.cpu() if hasattr(affine, "cpu") else affine, dtype=np.float64) \
+            if affine is not None else np.eye(4)
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        target = self.output_folder / self.filename
+        tmp = self.output_folder / f".{self.filename}.tmp.nii.gz"
+        nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(tmp))
+        tmp.replace(target)
+        logger.info("wrote %s %s", target.name, array.shape)
