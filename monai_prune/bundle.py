@@ -238,11 +238,16 @@ def _inferer_latency(raw: Dict[str, Any], models: Dict[str, nn.Module], device: 
     return result
 
 
-def _inference_config(src: str) -> Optional[Dict[str, Any]]:
+def _inference_config(src: str, overrides: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The source's inference config with the network from ``model.ts``, and the ``--set`` bundle parameters it
+    shares with train.json (e.g. ``image_size``, ``roi_size``), so inference runs as the model was fine-tuned."""
     path = _config_file(src, "inference")
     if path is None:
         return None
     config = _load(path)
+    for key, value in overrides.items():
+        if "#" not in key and key in config and not isinstance(config[key], dict):
+            config[key] = value
     config["network_def"] = "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device)"
     config["network"] = "$@network_def.to(@device)" if "device" in config else "@network_def"
 
@@ -283,7 +288,7 @@ def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
 def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = None,
                     overrides: Optional[Dict[str, Any]] = None, int8: Optional[str] = None,
                     calibration_samples: int = 8, target_device: str = "cpu", dry_run: bool = False,
-                    repeats: int = 5) -> Dict[str, Any]:
+                    repeats: int = 5, input_shape: Optional[List[int]] = None) -> Dict[str, Any]:
     """Compress bundle ``src`` with ``recipe`` into a new bundle at ``out``; returns the compression summary.
 
     Args:
@@ -296,6 +301,8 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
             ``calibration_samples`` inputs of the bundle's validation data.
         target_device: where latency is measured (``"cpu"``; ``"cuda"`` when available).
         dry_run: only return (and log) what would be done.
+        input_shape: the example input ``(1, C, *spatial)`` for MACs, exports and the network-call latency
+            (default: ``network_data_format`` inputs.image in the metadata); also ``prune#input_shape``.
     """
     src, out = os.path.abspath(src), os.path.abspath(out)
     overrides = dict(overrides or {})
@@ -306,6 +313,11 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     info = check_bundle(src, recipe, out, overrides)
+    if input_shape is not None:
+        if len(input_shape) != len(info["shape"]) or input_shape[1] != info["shape"][1] or min(input_shape) < 1:
+            raise ConfigError(f"input_shape {list(input_shape)} does not fit the bundle's input {info['shape']} "
+                              "(same rank and channels)")
+        info["shape"] = [int(v) for v in input_shape]
     steps = _describe(src, out, epochs, int8, info)
     if dry_run:
         return {"dry_run": True, "steps": steps}
@@ -349,6 +361,13 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs
+    if _get(info["recipe"], "prune#end_epoch")[0]:
+        end, max_epochs = parser.get_parsed_content("prune#end_epoch"), parser.get_parsed_content("train#trainer#max_epochs")
+        if end >= max_epochs - 1:
+            raise ConfigError(f"prune#end_epoch={end} leaves no epoch after the last pruning step in {max_epochs} "
+                              "epochs: the final architecture would be neither fine-tuned nor validated. Use "
+                              f"--epochs {end + 2} or more" + (f", or --set prune#end_epoch={max_epochs - 2}"
+                                                               if max_epochs >= 2 else ""))
     dense_state = _state(info["weights"])
     # the dense weights load first (before distillation takes its teacher at STARTED)
     parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
@@ -445,7 +464,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     name = str(metadata.get("name", os.path.basename(src)))
     metadata["name"] = name if "compressed" in name.lower() else f"{name} (compressed)"
     metadata["compression"] = compression
-    inference = _inference_config(src)
+    inference = _inference_config(src, overrides)
     export_torchscript(network.cpu(), x.cpu(), os.path.join(models, "model.ts"),
                        extra_files={"metadata.json": metadata, **({"inference.json": inference} if inference else {})})
     metadata["model_files"] = {name: sha256(os.path.join(models, name)) for name in sorted(os.listdir(models))}

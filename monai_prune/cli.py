@@ -1,4 +1,4 @@
-"""``monai-prune`` command line: demo, prune, measure, recipes, compress-bundle.
+"""``monai-prune`` command line: demo, prune, measure, recipes, compress-bundle, deploy run, package.
 
 Errors of the user's making (a bad ratio, a missing file, a plan that does not fit) are printed as one line on
 stderr with exit code 2, never a traceback.
@@ -174,7 +174,7 @@ def _cmd_compress_bundle(args) -> int:
 
     result = compress_bundle(args.src, args.recipe, args.out, epochs=args.epochs, overrides=dict(args.set or []),
                              int8=args.int8, calibration_samples=args.calibration, target_device=args.target_device,
-                             dry_run=args.dry_run)
+                             dry_run=args.dry_run, input_shape=args.input_shape)
     if args.dry_run:
         print("dry run: nothing written. compress-bundle would:")
         for i, step in enumerate(result["steps"], 1):
@@ -206,6 +206,31 @@ def _cmd_deploy_run(args) -> int:
 
     script = app_script(args.app)
     return subprocess.run([sys.executable, script, *args.app_args]).returncode
+
+
+def _cmd_package(args) -> int:
+    from .deploy.package import package_app
+
+    script = app_script(args.app)
+    result = package_app(os.path.dirname(script), args.out, model=args.model, name=args.name, cpu=args.cpu,
+                         memory=args.memory, gpu=args.gpu, build=args.build, tag=args.tag)
+    print(f"wrote {result['folder']} ({len(result['files'])} files + vendored monai_prune; "
+          f"{len(result['requirements'])} pinned requirements)")
+    if args.triton_repo:
+        from .deploy.models import select_model
+        from .deploy.triton import write_triton_repository
+
+        choice = select_model(args.model, args.triton_backend, "fp32") if args.model else None
+        if choice is None or not choice.path.endswith((".onnx", ".xml")):
+            raise InputError("--triton-repo needs --model <compressed bundle> with models/model.onnx")
+        folder = write_triton_repository(choice.path, args.triton_repo, result["model"]["name"],
+                                         backend=args.triton_backend,
+                                         metadata={"sha256": choice.sha256, "version": choice.version})
+        print(f"wrote Triton model {folder}")
+    print(result["packager"]["message"])
+    if args.build and not result["build"].get("ran"):
+        return 1
+    return 0 if result["build"].get("returncode", 0) == 0 else 1
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -253,6 +278,8 @@ def make_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--int8", choices=["onnxruntime", "openvino", "auto"], help="also write an int8 model")
     bundle.add_argument("--calibration", type=int, default=8, help="int8 calibration samples (default 8)")
     bundle.add_argument("--target-device", default="cpu", help="where latency is measured (cpu)")
+    bundle.add_argument("--input-shape", type=_shape, help="example input for MACs, exports and latency, e.g. "
+                        "1,1,96,96,96 (default: the metadata's network_data_format)")
     bundle.add_argument("--dry-run", action="store_true", help="print what would be done; write nothing")
     bundle.set_defaults(func=_cmd_compress_bundle)
 
@@ -265,6 +292,20 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("app", help="app folder, app.py, or a name under apps/ (ct_seg_compressed, xray_cls_compressed)")
     run.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments for the app")
     run.set_defaults(func=_cmd_deploy_run)
+
+    package = sub.add_parser("package", help="write a MAP-ready folder for a deploy app (+ a Triton model repository)")
+    package.add_argument("app", help="app folder, app.py, or a name under apps/")
+    package.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    package.add_argument("--model", help="the compressed bundle to ship in models/<name>/ (sha256 verified)")
+    package.add_argument("--name", help="model folder name (default: the bundle folder's name)")
+    package.add_argument("--cpu", type=float, default=2, help="app.yaml resources.cpu (default 2)")
+    package.add_argument("--memory", default="4Gi", help="app.yaml resources.memory (default 4Gi)")
+    package.add_argument("--gpu", type=int, default=0, help="app.yaml resources.gpu (default 0: CPU runtimes)")
+    package.add_argument("--triton-repo", help="also add the model to this Triton model repository folder")
+    package.add_argument("--triton-backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    package.add_argument("--build", action="store_true", help="build the MAP image (needs Docker, holoscan-cli<=4.2)")
+    package.add_argument("--tag", help="image tag for --build, e.g. spleen-seg:1.0")
+    package.set_defaults(func=_cmd_package)
     return parser
 
 

@@ -8,7 +8,6 @@ download anything (the metadata schema included) would fail.
 import copy
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -23,57 +22,15 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 
 import monai_prune as mp
+from repo_bundles import BUNDLES_DIR, CXR, REPO, SEG, bundle_cli as _bundle, copy_bundle as _copy, load_config as _load, \
+    make_data as _make_data, offline_env as _offline_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLES_DIR = os.path.join(REPO, "bundles")
 SCHEMA = os.path.join(BUNDLES_DIR, "schema", "meta_schema.json")
-SEG, CXR = "spleen_ct_segmentation_compressed", "chest_xray_classification_compressed"
 BUNDLES = [SEG, CXR]
 RECIPE = os.path.join(os.path.dirname(mp.__file__), "recipes", "channel_pruning_kd.json")
 CONFIGS = ["metadata.json", "train.json", "evaluate.json", "inference.json", "compress.json", "use_compressed.json"]
 SEG_TINY = ["--roi_size", "[32,32,32]", "--num_samples", "2"]
 CXR_TINY = ["--image_size", "[64,64]", "--batch_size", "4"]
-
-
-def _load(name, *parts):
-    with open(os.path.join(BUNDLES_DIR, name, *parts)) as f:
-        return json.load(f)
-
-
-def _copy(name, tmp_path) -> str:
-    root = str(tmp_path / name)
-    shutil.copytree(os.path.join(BUNDLES_DIR, name), root,
-                    ignore=shutil.ignore_patterns("data", "models", "eval", "__pycache__"))
-    return root
-
-
-def _make_data(root, *args):
-    """The bundle's own data script, in this process (its ``main`` with command-line arguments)."""
-    spec = importlib.util.spec_from_file_location("make_synthetic_data", os.path.join(root, "scripts",
-                                                                                      "make_synthetic_data.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--output", os.path.join(root, "data"), *args]) == 0
-    with open(os.path.join(root, "data", "dataset.json")) as f:
-        return json.load(f)
-
-
-def _offline_env():
-    env = dict(os.environ)
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        env[var] = "http://127.0.0.1:9"  # nothing listens there: any download attempt fails
-    env.pop("no_proxy", None)
-    env.pop("NO_PROXY", None)
-    return env
-
-
-def _bundle(root, *args) -> str:
-    """``python -m monai.bundle <args>`` from the bundle root, offline; returns the log."""
-    cmd = [sys.executable, "-m", "monai.bundle", *args]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900, env=_offline_env())
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{log[-5000:]}"
-    return log
 
 
 def _sha(path):

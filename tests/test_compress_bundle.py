@@ -162,6 +162,9 @@ def test_compress_bundle_errors_are_one_line_and_write_nothing(tmp_path, capsys)
     fails([root, "--recipe", "no_such_recipe", "--out", out], "unknown recipe")
     fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "prune#sparsity=0.5"], "unknown keys")
     fails([root, "--recipe", "qat", "--out", out], "--int8")
+    fails([root, "--recipe", "channel_pruning", "--out", out, "--epochs", "2", "--set", "prune#end_epoch=1"],
+          "no epoch after the last pruning step")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # the private work folder is gone too
     os.makedirs(str(tmp_path / "exists"))
     assert main(["compress-bundle", root, "--recipe", "channel_pruning", "--out", str(tmp_path / "exists")]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -97,10 +97,13 @@ def select_model(path: str, backend: str = "auto", precision: str = "auto", veri
         return _lone_file(path, backend, precision)
     metadata = _metadata(root)
     files = metadata.get("model_files")
+    if not files and os.path.isfile(path) and path.endswith(".ts"):
+        # a model.ts named explicitly inside a bundle that records no checksums (e.g. a dense model-zoo bundle)
+        return _lone_file(path, backend, precision)
     if verify:
         if not files:
             raise InputError(f"{root}/configs/metadata.json has no model_files checksums: refusing to load "
-                             "unverified models (verify=False to override)")
+                             "unverified models (name its models/model.ts explicitly to run it unverified)")
         from ..bundle import verify_model_files
 
         verify_model_files(root)
@@ -161,7 +164,7 @@ def _lone_file(path: str, backend: str, precision: str) -> ModelChoice:
     if backend not in ("auto", "torchscript") or precision == "int8":
         raise InputError(f"{os.path.basename(path)} is TorchScript fp32: it cannot run on {backend} {precision}")
     metadata = bundle_metadata(path)
-    logger.warning("%s is not inside a bundle: no recorded checksum to verify it against", path)
+    logger.warning("%s: no recorded checksum to verify it against (not a compressed bundle)", path)
     return ModelChoice(None, os.path.abspath(path), "torchscript", "fp32", sha256(path),
                        str(metadata.get("name", os.path.basename(path))), str(metadata.get("version", "")),
                        "a lone TorchScript file")

@@ -1,0 +1,318 @@
+"""MONAI Deploy apps on generated DICOM: the compressed spleen bundle turns a CT series into a DICOM SEG, the compressed
+chest X-ray bundle turns a radiograph into a class + DICOM SR; bad input and tampered models are refused before the
+graph starts with nothing written; the MAP-ready folder runs on its own; the Triton repository parses.
+
+The bundles are the repository's own (``bundles/``), trained tiny with the stock ``monai.bundle`` CLI and compressed
+with ``monai-prune compress-bundle``, once per module.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from monai_prune.deploy.dicom import dice, read_segmentation, segment_descriptions, write_ct_series, write_xray
+from monai_prune.deploy.models import select_model
+from monai_prune.deploy.runner import run_app
+from monai_prune.export import export_onnx
+from repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline_env
+
+CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
+CT_APP = os.path.join(REPO, "apps", "ct_seg_compressed", "app.py")
+XRAY_APP = os.path.join(REPO, "apps", "xray_cls_compressed", "app.py")
+
+
+def _run(cmd, cwd=None, env=None):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=cwd, env=env or offline_env())
+    return done.returncode, done.stdout + done.stderr
+
+
+def _ok(cmd, **kwargs):
+    code, log = _run(cmd, **kwargs)
+    assert code == 0, f"{' '.join(map(str, cmd))}\n{log[-5000:]}"
+    return log
+
+
+def _compress(src, out, *args):
+    _ok([CLI, "compress-bundle", src, "--out", out, *args])
+    return out
+
+
+def _seg_file(folder):
+    found = glob.glob(os.path.join(folder, "*.dcm"))
+    assert len(found) == 1, os.listdir(folder)
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def spleen(tmp_path_factory):
+    """The spleen bundle trained tiny, its stock TorchScript export (the dense model for the dense app), the
+    compressed bundle (channel pruning + distillation, OpenVINO int8 too) and a CT series of a labelled test volume."""
+    tmp = tmp_path_factory.mktemp("deploy_seg")
+    root = copy_bundle(SEG, tmp)
+    make_data(root, "--train", "4", "--val", "2", "--test", "1", "--size", "48")
+    small = ["--roi_size", "[32,32,32]", "--num_samples", "2"]
+    bundle_cli(root, "run", "--config_file", "configs/train.json", "--epochs", "12", "--val_interval", "6", *small)
+    # the dense bundle infers at its training patch size (ckpt_export embeds the file as it is, not overrides);
+    # compress-bundle carries --set roi_size into the compressed bundle's inference.json the same way
+    inference_json = os.path.join(root, "configs", "inference.json")
+    config = json.load(open(inference_json))
+    config["roi_size"] = [32, 32, 32]
+    with open(inference_json, "w") as f:
+        json.dump(config, f, indent=2)
+    bundle_cli(root, "ckpt_export", "network", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
+               "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
+    compressed = _compress(root, str(tmp / "spleen_compressed"), "--recipe", "channel_pruning_kd", "--epochs", "3",
+                           "--set", "roi_size=[32,32,32]", "--set", "num_samples=2", "--set", "prune#start_epoch=0",
+                           "--set", "prune#end_epoch=1", "--int8", "openvino", "--calibration", "2",
+                           "--input-shape", "1,1,32,32,32")
+    image = nib.load(os.path.join(root, "data", "imagesTs", "ct_test_000.nii.gz"))
+    label = np.asarray(nib.load(os.path.join(root, "data", "labelsTs", "ct_test_000_seg.nii.gz")).dataobj)
+    series = str(tmp / "ct")
+    write_ct_series(np.asarray(image.dataobj, dtype=np.float32), series,
+                    spacing=tuple(float(z) for z in image.header.get_zooms()))
+    return SimpleNamespace(root=root, dense_ts=os.path.join(root, "models", "model.ts"), compressed=compressed,
+                           series=series, label=label, tmp=tmp)
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory):
+    """The chest X-ray bundle trained tiny, compressed (channel pruning, ONNX Runtime int8 too), and one test image
+    as a DICOM DX radiograph."""
+    tmp = tmp_path_factory.mktemp("deploy_cls")
+    root = copy_bundle(CXR, tmp)
+    data = make_data(root, "--train", "8", "--val", "4", "--test", "2", "--size", "64")
+    bundle_cli(root, "run", "--config_file", "configs/train.json", "--epochs", "2", "--image_size", "[64,64]",
+               "--batch_size", "4")
+    compressed = _compress(root, str(tmp / "cxr_compressed"), "--recipe", "channel_pruning", "--epochs", "2",
+                           "--set", "image_size=[64,64]", "--set", "batch_size=4", "--set", "prune#start_epoch=0",
+                           "--set", "prune#end_epoch=0", "--int8", "onnxruntime", "--calibration", "2",
+                           "--input-shape", "1,1,64,64")
+    from PIL import Image
+
+    png = os.path.join(root, "data", data["test"][0]["image"])
+    pixels = np.asarray(Image.open(png))  # (rows, columns) as PIL gives it; MONAI's PILReader gives its transpose
+    dx = str(tmp / "dx")
+    write_xray(pixels.T.astype(np.uint16), os.path.join(dx, "image.dcm"))
+    return SimpleNamespace(root=root, compressed=compressed, dx=dx, png=os.path.basename(png), tmp=tmp)
+
+
+# ---------------------------------------------------------------------------------------------- segmentation
+@pytest.mark.slow
+def test_ct_app_writes_a_dicom_seg_that_matches_the_label_the_stock_operator_and_the_dense_app(spleen):
+    out = {k: str(spleen.tmp / f"out_{k}") for k in ("compressed", "stock", "dense")}
+    # the compressed bundle through monai-prune's operator (fp32, backend auto), via the CLI, with a NIfTI
+    log = _ok([CLI, "deploy", "run", "ct_seg_compressed", "-i", spleen.series, "-o", out["compressed"],
+               "-m", spleen.compressed, "--precision", "fp32", "--nifti"])
+    # the SDK's own MonaiBundleInferenceOperator on the same bundle's model.ts, unchanged
+    _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out["stock"], "-m", spleen.compressed,
+         "--operator", "stock"])
+    # the dense model: the source bundle's stock ckpt_export TorchScript
+    _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out["dense"], "-m", spleen.dense_ts])
+
+    segs = {k: read_segmentation(_seg_file(v), spleen.series) for k, v in out.items()}
+    for k, seg in segs.items():
+        assert seg.shape == spleen.label.shape and set(np.unique(seg)) <= {0, 1}, k
+    scores = {k: dice(seg, spleen.label) for k, seg in segs.items()}
+    agreement = {k: dice(segs[k], segs["dense"]) for k in ("compressed", "stock")}
+    print(f"\nDice vs label {scores}; Dice vs the dense app {agreement}; voxel agreement compressed/dense "
+          f"{float((segs['compressed'] == segs['dense']).mean()):.4f}")
+    assert scores["compressed"] > 0.6 and scores["dense"] > 0.6 and agreement["compressed"] > 0.6
+    # same compressed weights through OpenVINO (ours) and TorchScript (stock): the same segmentation
+    assert dice(segs["compressed"], segs["stock"]) > 0.99
+    nifti = np.asarray(nib.load(os.path.join(out["compressed"], "segmentation.nii.gz")).dataobj)
+    assert np.array_equal(nifti, segs["compressed"])  # the NIfTI is on the input's grid, voxel for voxel
+
+    # the SEG and run.json say which model, version and backend produced them
+    record = json.load(open(os.path.join(out["compressed"], "run.json")))
+    metadata = json.load(open(os.path.join(spleen.compressed, "configs", "metadata.json")))
+    assert record["model"]["sha256"] == metadata["model_files"][os.path.basename(record["model"]["path"])]
+    assert record["model"]["version"] == metadata["version"] == "0.2.0"
+    assert record["backend"] in ("openvino", "onnxruntime", "torchscript") and record["input"]["num_slices"] == 48
+    assert {"dicom_loader", "series_to_volume", "compressed_inference.network", "dicom_seg_writer", "total"} <= \
+        set(record["seconds"])
+    ds = pydicom.dcmread(_seg_file(out["compressed"]))
+    assert ds.Modality == "SEG"
+    equipment = ds.ContributingEquipmentSequence[0]
+    assert equipment.ManufacturerModelName == metadata["name"][:64] and equipment.SoftwareVersions == "0.2.0"
+    assert equipment.DeviceUID == select_model(spleen.compressed, record["backend"], record["precision"]).dicom_uid
+    (segment,) = segment_descriptions(_seg_file(out["compressed"]))
+    assert segment["label"] == "spleen" and segment["algorithm_version"] == "0.2.0"
+    # no patient identifiers, no study/series UIDs in the log
+    source = pydicom.dcmread(sorted(glob.glob(os.path.join(spleen.series, "*.dcm")))[0])
+    for secret in (source.StudyInstanceUID, source.SeriesInstanceUID, str(source.PatientID),
+                   str(source.PatientName)):
+        assert secret not in log
+
+
+@pytest.mark.slow
+def test_ct_app_int8_and_onnxruntime_agree_with_fp32(spleen):
+    ref = read_segmentation(_seg_file(str(spleen.tmp / "out_compressed")), spleen.series) \
+        if os.path.isdir(spleen.tmp / "out_compressed") else None
+    results = {}
+    for name, args in (("int8", ["--precision", "int8"]), ("ort", ["--backend", "onnxruntime", "--precision", "fp32"])):
+        out = str(spleen.tmp / f"out_{name}")
+        _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", spleen.compressed, *args])
+        results[name] = read_segmentation(_seg_file(out), spleen.series)
+        record = json.load(open(os.path.join(out, "run.json")))
+        assert record["precision"] == ("int8" if name == "int8" else "fp32")
+        assert record["model"]["path"] == ("models/model_int8.xml" if name == "int8" else "models/model.onnx")
+    assert dice(results["int8"], results["ort"]) > 0.95
+    if ref is not None:
+        assert dice(results["ort"], ref) > 0.99
+
+
+def _fake_bundle(root):
+    """A minimal compressed bundle: a tiny network's ONNX file with its sha256 in metadata.json."""
+    from monai.networks.nets import UNet
+
+    from monai_prune.bundle import sha256
+
+    os.makedirs(os.path.join(root, "models"))
+    os.makedirs(os.path.join(root, "configs"))
+    net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=0).eval()
+    export_onnx(net, torch.zeros(1, 1, 16, 16, 16), os.path.join(root, "models", "model.onnx"))
+    metadata = {"name": "tiny", "version": "0.2.0",
+                "model_files": {"model.onnx": sha256(os.path.join(root, "models", "model.onnx"))},
+                "network_data_format": {"inputs": {"image": {"type": "image", "num_channels": 1,
+                                                             "spatial_shape": [16, 16, 16]}},
+                                        "outputs": {"pred": {"type": "image", "num_channels": 2,
+                                                             "channel_def": {"0": "background", "1": "organ"}}}}}
+    with open(os.path.join(root, "configs", "metadata.json"), "w") as f:
+        json.dump(metadata, f)
+    return root
+
+
+def _never_built(**kwargs):
+    raise AssertionError("the app must not be built for a refused input")
+
+
+def test_bad_inputs_and_models_are_refused_before_the_graph_starts_with_nothing_written(tmp_path, capsys):
+    bundle = _fake_bundle(str(tmp_path / "bundle"))
+    vol = np.full((16, 16, 12), -100.0, dtype=np.float32)
+    good = str(tmp_path / "good")
+    files = write_ct_series(vol, good)
+
+    def refused(input_folder, model, message):
+        out = str(tmp_path / "out")
+        code = run_app(_never_built, ["*.dcm"], "CT", ["app.py", "-i", input_folder, "-o", out, "-m", model])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert not os.path.exists(out)  # not even the empty folder the SDK's argument parser makes
+
+    os.makedirs(tmp_path / "empty")
+    refused(str(tmp_path / "empty"), bundle, "empty")
+    os.makedirs(tmp_path / "text")
+    for i in range(3):
+        (tmp_path / "text" / f"note{i}.txt").write_text("not an image")
+    refused(str(tmp_path / "text"), bundle, "No DICOM")
+    truncated = str(tmp_path / "truncated")
+    shutil.copytree(good, truncated)
+    path = os.path.join(truncated, os.path.basename(files[3]))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    refused(truncated, bundle, "truncated")
+    mr = str(tmp_path / "mr")
+    write_ct_series(vol, mr, modality="MR", series_description="T1 axial")
+    refused(mr, bundle, "MR")
+    uneven = str(tmp_path / "uneven")
+    shutil.copytree(good, uneven)
+    moved = pydicom.dcmread(os.path.join(uneven, os.path.basename(files[5])))
+    moved.ImagePositionPatient[2] = float(moved.ImagePositionPatient[2]) + 1.0
+    moved.save_as(os.path.join(uneven, os.path.basename(files[5])))
+    refused(uneven, bundle, "spacing")
+
+    tampered = str(tmp_path / "tampered")
+    shutil.copytree(bundle, tampered)
+    with open(os.path.join(tampered, "models", "model.onnx"), "ab") as f:
+        f.write(b"\0")
+    refused(good, tampered, "sha256")
+    missing = str(tmp_path / "missing")
+    shutil.copytree(bundle, missing)
+    os.remove(os.path.join(missing, "models", "model.onnx"))
+    refused(good, missing, "missing")
+    lone = str(tmp_path / "lone.onnx")
+    shutil.copy(os.path.join(bundle, "models", "model.onnx"), lone)
+    refused(good, lone, "carries no bundle configs")
+
+
+@pytest.mark.slow
+def test_the_real_app_exits_2_on_an_empty_study_and_writes_nothing(tmp_path):
+    bundle = _fake_bundle(str(tmp_path / "bundle"))
+    os.makedirs(tmp_path / "empty")
+    out = str(tmp_path / "out")
+    code, log = _run([sys.executable, CT_APP, "-i", str(tmp_path / "empty"), "-o", out, "-m", bundle])
+    assert code == 2 and "ct_seg_compressed: error:" in log and "empty" in log, log[-2000:]
+    assert not os.path.exists(out)
+
+
+# ---------------------------------------------------------------------------------------------- classification
+@pytest.mark.slow
+def test_xray_app_classifies_a_dicom_radiograph_as_the_bundle_does_a_png_and_writes_an_sr(chest):
+    out = str(chest.tmp / "out")
+    log = _ok([sys.executable, XRAY_APP, "-i", chest.dx, "-o", out, "-m", chest.compressed, "--precision", "fp32"])
+    result = json.load(open(os.path.join(out, "result.json")))
+    assert result["class_name"] in ("no_lesion", "lesion") and set(result["probabilities"]) == {"no_lesion", "lesion"}
+    assert result["class_name"] == max(result["probabilities"], key=result["probabilities"].get)
+    assert result["model"]["version"] == "0.2.0" and len(result["model"]["sha256"]) == 64
+
+    # the stock bundle CLI on the PNG the DICOM was made from, with the compressed bundle's inference.json
+    os.symlink(os.path.join(chest.root, "data"), os.path.join(chest.compressed, "data"))
+    bundle_cli(chest.compressed, "run", "--config_file", "configs/inference.json")
+    stock = {p["image"]: p for p in json.load(open(os.path.join(chest.compressed, "eval", "predictions.json")))}
+    expected = stock[chest.png]
+    assert result["class_index"] == expected["class_index"]
+    for name, p in expected["probabilities"].items():
+        assert result["probabilities"][name] == pytest.approx(p, abs=1e-4)
+
+    sr = pydicom.dcmread(_seg_file(out))
+    assert sr.Modality == "SR"
+    texts = [item.TextValue for item in sr.ContentSequence if "TextValue" in item]
+    assert any(result["class_name"] in t and result["model"]["name"][:20] in t for t in texts), texts
+    source = pydicom.dcmread(os.path.join(chest.dx, "image.dcm"))
+    assert sr.StudyInstanceUID == source.StudyInstanceUID  # the SR belongs to the radiograph's study
+    assert source.StudyInstanceUID not in log and str(source.PatientID) not in log
+
+    # int8 (ONNX Runtime) runs too and says so
+    out8 = str(chest.tmp / "out_int8")
+    _ok([sys.executable, XRAY_APP, "-i", chest.dx, "-o", out8, "-m", chest.compressed, "--precision", "int8"])
+    record = json.load(open(os.path.join(out8, "run.json")))
+    assert record["precision"] == "int8" and record["model"]["path"] == "models/model_int8.onnx"
+    int8 = json.load(open(os.path.join(out8, "result.json")))
+    for name, p in expected["probabilities"].items():  # int8 moves the probabilities a little, not the picture
+        assert int8["probabilities"][name] == pytest.approx(p, abs=0.1)
+
+
+# ---------------------------------------------------------------------------------------------- packaging
+@pytest.mark.slow
+def test_packaged_ct_app_runs_from_its_folder_and_the_triton_repository_parses(spleen, tmp_path):
+    from monai_prune.deploy.package import check_package
+    from monai_prune.deploy.triton import check_triton_repository
+
+    folder, triton = str(tmp_path / "map"), str(tmp_path / "triton")
+    log = _ok([CLI, "package", "ct_seg_compressed", "--out", folder, "--model", spleen.compressed,
+               "--name", "spleen_ct", "--triton-repo", triton])
+    assert "Docker" in log or "holoscan-cli" in log  # says what is missing to build the image here
+    report = check_package(folder)
+    assert report["ok"] and report["requirements"]["pinned"] >= 10 and not report["requirements"]["mismatches"]
+    assert "torch==" in open(os.path.join(folder, "requirements.txt")).read()
+    assert check_triton_repository(triton)["spleen_ct"]["backend"] == "onnxruntime"
+
+    env = {k: v for k, v in offline_env().items() if k != "PYTHONPATH"}
+    out = str(tmp_path / "out")
+    _ok([sys.executable, "app.py", "-i", spleen.series, "-o", out, "-m", "models/spleen_ct"], cwd=folder, env=env)
+    seg = read_segmentation(_seg_file(out), spleen.series)
+    assert dice(seg, spleen.label) > 0.5
+    record = json.load(open(os.path.join(out, "run.json")))
+    assert record["model"]["sha256"] == json.load(open(os.path.join(spleen.compressed, "configs", "metadata.json"))
+                                                  )["model_files"][os.path.basename(record["model"]["path"])]
