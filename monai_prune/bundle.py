@@ -523,7 +523,7 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
         "before clinical use.", "",
     ]
     if int8:
-        lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, voxel "
+        lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, argmax "
                   f"agreement with fp32 {int8['agreement_vs_fp32']:.4f}, {int8['speedup_vs_fp32']:.2f}x vs its fp32. "
                   + " ".join(w.rstrip(". ") + "." for w in int8["warnings"]), ""]
     lines += ["## Files", "",
