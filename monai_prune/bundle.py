@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .errors import ConfigError, InputError
-from .fidelity import class_names, compare_per_class, json_safe
+from .errors import ConfigError, GuardrailError, InputError
+from .fidelity import GUARDRAIL_KEYS, check_guardrails, class_names, compare_per_class, json_safe
 from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -141,15 +141,32 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
         raise ConfigError("the qat recipe runs with the stock bundle CLI (python -m monai.bundle run --config_file "
                           "\"['configs/train.json','<qat.json>']\"); compress-bundle makes int8 by post-training "
                           "quantization: --int8 openvino|onnxruntime|auto")
-    unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not _get(train, k)[0]]
+    unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not _get(train, k)[0]
+               and not k.startswith("guardrails#")]
     if unknown:
         raise ConfigError(f"unknown keys {unknown}: neither {os.path.basename(path)} "
                           f"({sorted(k for k in recipe_config if not k.startswith(('+', 'recipe')))}) nor "
                           f"{os.path.basename(train_path)} has them")
     if os.path.exists(out):
         raise InputError(f"output {out} already exists: choose a new folder (nothing was written)")
+    guardrails = dict(recipe_config.get("guardrails") or {})
+    guardrails.update({k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("guardrails#")})
+    _check_guardrail_keys(guardrails)
     return {"metadata": metadata, "train": train, "train_path": train_path, "recipe": recipe_config,
-            "recipe_path": path, "weights": weights, "shape": _example_shape(metadata, train)}
+            "recipe_path": path, "weights": weights, "shape": _example_shape(metadata, train),
+            "guardrails": guardrails}
+
+
+def _check_guardrail_keys(guardrails: Dict[str, Any]) -> None:
+    """Unknown guardrail names and non-numeric limits are refused before any work starts."""
+    unknown = sorted(set(guardrails) - set(GUARDRAIL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown guardrails {unknown}; known: {sorted(GUARDRAIL_KEYS)}")
+    for key, value in guardrails.items():
+        numbers = value.values() if key == "min_dice" and isinstance(value, dict) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers):
+            raise ConfigError(f"guardrail {key} must be a non-negative number"
+                              + (" or {class: number}" if key == "min_dice" else "") + f", got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -288,7 +305,8 @@ def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
 def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = None,
                     overrides: Optional[Dict[str, Any]] = None, int8: Optional[str] = None,
                     calibration_samples: int = 8, target_device: str = "cpu", dry_run: bool = False,
-                    repeats: int = 5, input_shape: Optional[List[int]] = None) -> Dict[str, Any]:
+                    repeats: int = 5, input_shape: Optional[List[int]] = None,
+                    allow_degraded: bool = False) -> Dict[str, Any]:
     """Compress bundle ``src`` with ``recipe`` into a new bundle at ``out``; returns the compression summary.
 
     Args:
@@ -303,6 +321,9 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
         dry_run: only return (and log) what would be done.
         input_shape: the example input ``(1, C, *spatial)`` for MACs, exports and the network-call latency
             (default: ``network_data_format`` inputs.image in the metadata); also ``prune#input_shape``.
+        allow_degraded: write the bundle even when it breaks the recipe's ``guardrails`` (per-class floors and
+            budgets, :func:`monai_prune.fidelity.check_guardrails`; ``guardrails#<name>`` overrides); its README
+            then says DEGRADED in its first line. Without it such a bundle raises :class:`GuardrailError`.
     """
     src, out = os.path.abspath(src), os.path.abspath(out)
     overrides = dict(overrides or {})
@@ -313,6 +334,7 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     info = check_bundle(src, recipe, out, overrides)
+    info["allow_degraded"] = allow_degraded
     if input_shape is not None:
         if len(input_shape) != len(info["shape"]) or input_shape[1] != info["shape"][1] or min(input_shape) < 1:
             raise ConfigError(f"input_shape {list(input_shape)} does not fit the bundle's input {info['shape']} "
@@ -358,7 +380,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if _get(info["recipe"], "prune#input_shape")[0] and "prune#input_shape" not in overrides:
         parser["prune#input_shape"] = info["shape"]  # the bundle's own input, not the recipe's 3D placeholder
     for key, value in overrides.items():
-        parser[key] = value
+        if not key.startswith("guardrails#"):
+            parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs
     if _get(info["recipe"], "prune#end_epoch")[0]:
@@ -435,6 +458,14 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         "validation_cases": before_classes["cases"],
         "calibration_sha256": None,
     }
+    broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
+    compression["guardrails"] = {"declared": info["guardrails"], "broken": broken,
+                                 "allowed_degraded": bool(broken and info["allow_degraded"])}
+    if broken and not info["allow_degraded"]:
+        raise GuardrailError("the compressed model breaks its guardrails, nothing was written (--allow-degraded "
+                             "writes it anyway, marked DEGRADED): " + "; ".join(broken))
+    if broken:
+        logger.warning("DEGRADED (written because of --allow-degraded): %s", "; ".join(broken))
     if int8:
         from .quantization import calibration_data, quantize
 
@@ -460,6 +491,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     summary_line = (f"compressed with monai-prune recipe {compression['recipe']}: MACs x{macs['after'] / macs['before']:.3f}, "
                     f"params x{params['after'] / params['before']:.3f}, latency {compression['latency_s']['ratio']:.2f}x "
                     f"faster on {device.type}")
+    if compression["guardrails"]["broken"]:
+        summary_line = "DEGRADED (breaks its guardrails): " + summary_line
     metadata["changelog"] = {version: summary_line, **metadata.get("changelog", {})}
     name = str(metadata.get("name", os.path.basename(src)))
     metadata["name"] = name if "compressed" in name.lower() else f"{name} (compressed)"
@@ -508,7 +541,10 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
             rows.append([f"{metric}, class {name!r} (validation, {c['validation_cases']} cases)", _fmt(values["before"]),
                          _fmt(values["after"]), _fmt(values["delta"], "{:+.4f}")])
     int8 = c.get("int8")
-    lines = [
+    guard = c.get("guardrails", {})
+    degraded = (["**DEGRADED: this model breaks the guardrails its recipe declared, and was written only because "
+                 "of --allow-degraded: " + "; ".join(guard["broken"]) + ".**", ""] if guard.get("broken") else [])
+    lines = degraded + [
         f"# {metadata['name']}", "",
         f"Version {metadata['version']}: {metadata['changelog'][metadata['version']]}.", "",
         f"This bundle was made from `{os.path.basename(src)}` by `monai-prune compress-bundle` with the recipe "
@@ -522,6 +558,10 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
         "class; n/a where undefined, e.g. a class absent from the data). Check them on your own held-out data "
         "before clinical use.", "",
     ]
+    if guard.get("declared"):
+        declared = ", ".join(f"{k} {json.dumps(v)}" for k, v in guard["declared"].items())
+        lines += [f"Guardrails declared by the recipe: {declared}. "
+                  + ("Broken: " + "; ".join(guard["broken"]) + "." if guard["broken"] else "All hold."), ""]
     if int8:
         lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, argmax "
                   f"agreement with fp32 {int8['agreement_vs_fp32']:.4f}, {int8['speedup_vs_fp32']:.2f}x vs its fp32. "

@@ -174,7 +174,8 @@ def _cmd_compress_bundle(args) -> int:
 
     result = compress_bundle(args.src, args.recipe, args.out, epochs=args.epochs, overrides=dict(args.set or []),
                              int8=args.int8, calibration_samples=args.calibration, target_device=args.target_device,
-                             dry_run=args.dry_run, input_shape=args.input_shape)
+                             dry_run=args.dry_run, input_shape=args.input_shape,
+                             allow_degraded=args.allow_degraded)
     if args.dry_run:
         print("dry run: nothing written. compress-bundle would:")
         for i, step in enumerate(result["steps"], 1):
@@ -184,6 +185,11 @@ def _cmd_compress_bundle(args) -> int:
           f"x{result['params']['after'] / result['params']['before']:.3f}, latency {result['latency_s']['ratio']:.2f}x "
           f"faster on {result['latency_s']['device']}; " + ", ".join(
               f"{k} {v['before']:.4f} -> {v['after']:.4f}" for k, v in result["metrics"].items()))
+    guard = result.get("guardrails", {})
+    if guard.get("broken"):
+        print("DEGRADED (written because of --allow-degraded): " + "; ".join(guard["broken"]))
+    elif guard.get("declared"):
+        print("guardrails: all hold (" + ", ".join(sorted(guard["declared"])) + ")")
     print(f"wrote {args.out}")
     return 0
 
@@ -278,6 +284,8 @@ def make_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--int8", choices=["onnxruntime", "openvino", "auto"], help="also write an int8 model")
     bundle.add_argument("--calibration", type=int, default=8, help="int8 calibration samples (default 8)")
     bundle.add_argument("--target-device", default="cpu", help="where latency is measured (cpu)")
+    bundle.add_argument("--allow-degraded", action="store_true",
+                        help="write the bundle even if it breaks the recipe's guardrails (marked DEGRADED)")
     bundle.add_argument("--input-shape", type=_shape, help="example input for MACs, exports and latency, e.g. "
                         "1,1,96,96,96 (default: the metadata's network_data_format)")
     bundle.add_argument("--dry-run", action="store_true", help="print what would be done; write nothing")

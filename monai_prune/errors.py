@@ -38,3 +38,7 @@ class BackendUnavailableError(MonaiPruneError, RuntimeError):
 
 class QuantizationError(MonaiPruneError, RuntimeError):
     """Quantization failed or cannot meet the requested accuracy tolerances."""
+
+
+class GuardrailError(MonaiPruneError, ValueError):
+    """A compressed model breaks an accuracy floor or a budget its recipe declared (nothing was written)."""

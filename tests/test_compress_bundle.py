@@ -162,6 +162,10 @@ def test_compress_bundle_errors_are_one_line_and_write_nothing(tmp_path, capsys)
     fails([root, "--recipe", "no_such_recipe", "--out", out], "unknown recipe")
     fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "prune#sparsity=0.5"], "unknown keys")
     fails([root, "--recipe", "qat", "--out", out], "--int8")
+    fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "guardrails#max_drop=0.01"],
+          "unknown guardrails")
+    fails([root, "--recipe", "channel_pruning", "--out", out, "--set", "guardrails#max_delta_dice=high"],
+          "non-negative number")
     fails([root, "--recipe", "channel_pruning", "--out", out, "--epochs", "2", "--set", "prune#end_epoch=1"],
           "no epoch after the last pruning step")
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # the private work folder is gone too
@@ -180,3 +184,26 @@ def test_compress_bundle_errors_are_one_line_and_write_nothing(tmp_path, capsys)
     fails([root, "--recipe", "channel_pruning", "--out", out], "no network_def")
     os.remove(meta)
     fails([root, "--recipe", "channel_pruning", "--out", out], "no configs/metadata.json")
+
+
+@pytest.mark.slow
+def test_guardrails_refuse_a_degraded_bundle_unless_allowed_and_then_say_so(trained_bundle, tmp_path, capsys):
+    out = str(tmp_path / "guarded")
+    args = ["compress-bundle", trained_bundle, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+            "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0",
+            "--set", "prune#final_sparsity=0.7", "--set", "guardrails#min_dice={\"spleen\": 0.999}",
+            "--set", "guardrails#target_macs=0.9"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "class 'spleen': Dice" in err and "below its floor 0.9990" in err and "nothing was written" in err, err
+    assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+    assert main(args + ["--allow-degraded"]) == 0
+    assert "DEGRADED" in capsys.readouterr().out
+    readme = open(os.path.join(out, "docs", "README.md")).read()
+    assert readme.startswith("**DEGRADED") and "class 'spleen'" in readme.splitlines()[0]
+    metadata = json.load(open(os.path.join(out, "configs", "metadata.json")))
+    guard = metadata["compression"]["guardrails"]
+    assert guard["allowed_degraded"] and guard["declared"] == {"min_dice": {"spleen": 0.999}, "target_macs": 0.9}
+    assert len(guard["broken"]) == 1  # the MACs budget holds (0.7 of the channels pruned)
+    assert metadata["changelog"][metadata["version"]].startswith("DEGRADED")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from monai_prune.errors import InputError
-from monai_prune.fidelity import PerClassMetrics, class_names, compare_per_class, json_safe
+from monai_prune.errors import ConfigError
+from monai_prune.fidelity import PerClassMetrics, check_guardrails, class_names, compare_per_class, json_safe
 
 
 def _onehot(index_map, classes):
@@ -74,3 +75,40 @@ def test_bad_inputs_are_refused():
         m.update(torch.rand(3), torch.tensor([1]))
     with pytest.raises(InputError, match="no samples"):
         PerClassMetrics().compute()
+
+
+def _measured(table, latency=(1.0, 0.5), macs=(100.0, 30.0)):
+    return {"per_class": {name: {metric: {"before": b, "after": a} for metric, (b, a) in metrics.items()}
+                          for name, metrics in table.items()},
+            "latency_s": {"before": latency[0], "after": latency[1]}, "macs": {"before": macs[0], "after": macs[1]}}
+
+
+def test_guardrails_catch_one_class_collapsing_while_the_mean_holds():
+    # three organs: the two large ones even improve, the small lesion loses 0.15 Dice; the mean drops only 0.0133
+    measured = _measured({"liver": {"dice": (0.95, 0.99)}, "kidney": {"dice": (0.90, 0.97)},
+                          "lesion": {"dice": (0.60, 0.45)}})
+    mean = {w: sum(m["dice"][w] for m in measured["per_class"].values()) / 3 for w in ("before", "after")}
+    assert mean["before"] - mean["after"] < 0.02  # a mean-Dice guardrail (NNCF max_drop style) would pass it
+    broken = check_guardrails({"max_delta_dice": 0.02}, measured)
+    assert len(broken) == 1 and "'lesion'" in broken[0] and "0.1500" in broken[0] and "0.6000" in broken[0]
+    assert check_guardrails({"max_delta_dice": 0.2}, measured) == []
+    broken = check_guardrails({"min_dice": {"liver": 0.9, "lesion": 0.5}}, measured)
+    assert broken == ["class 'lesion': Dice 0.4500 is below its floor 0.5000 by 0.0500"]
+    assert len(check_guardrails({"min_dice": 0.98}, measured)) == 2  # one floor for every class: kidney and lesion
+
+
+def test_guardrails_on_classification_budgets_and_bad_declarations():
+    measured = _measured({"no_lesion": {"sensitivity": (1.0, 1.0), "auc": (1.0, 1.0)},
+                          "lesion": {"sensitivity": (1.0, 0.375), "auc": (1.0, 1.0)}})
+    assert check_guardrails({"max_delta_auc": 0.01}, measured) == []  # AUC holds ...
+    (broken,) = check_guardrails({"max_delta_sensitivity": 0.05}, measured)  # ... while lesion recall collapses
+    assert "'lesion'" in broken and "0.6250" in broken
+    assert check_guardrails({"max_latency_ratio": 0.6, "target_macs": 0.5}, measured) == []
+    broken = check_guardrails({"max_latency_ratio": 0.4, "target_latency_s": 0.1, "target_macs": 20}, measured)
+    assert len(broken) == 3 and "0.500" in broken[0]
+    with pytest.raises(ConfigError, match="unknown guardrails"):
+        check_guardrails({"max_drop": 0.01}, measured)
+    with pytest.raises(ConfigError, match="dice was not measured"):
+        check_guardrails({"max_delta_dice": 0.01}, measured)
+    with pytest.raises(ConfigError, match="model's classes"):
+        check_guardrails({"min_dice": {"spleen": 0.9}}, _measured({"liver": {"dice": (0.9, 0.9)}}))
