@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, GuardrailError, InputError
-from .fidelity import GUARDRAIL_KEYS, check_guardrails, class_names, compare_per_class, json_safe
+from .fidelity import GUARDRAIL_KEYS, check_guardrails, class_names, compare_per_class, json_safe, worst_cases
 from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -456,6 +456,10 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         "metrics": {k: {"before": before[k], "after": after.get(k)} for k in before},
         "per_class": json_safe(compare_per_class(before_classes, after_classes)),
         "validation_cases": before_classes["cases"],
+        "units": before_classes.get("units", {}),
+        "worst_cases": json_safe(worst_cases(before_classes, after_classes)),
+        **({"ece": {"before": before_classes["ece"], "after": after_classes["ece"]}} if "ece" in before_classes
+           else {}),
         "calibration_sha256": None,
     }
     broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
@@ -536,8 +540,16 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
     for name, values in c["metrics"].items():
         delta = values["after"] - values["before"] if values["after"] is not None else float("nan")
         rows.append([f"{name} (validation)", f"{values['before']:.4f}", f"{values['after']:.4f}", f"{delta:+.4f}"])
+    if "ece" in c:
+        rows.append(["expected calibration error (validation; lower is better)", _fmt(c["ece"]["before"]),
+                     _fmt(c["ece"]["after"]), _fmt(c["ece"]["after"] - c["ece"]["before"], "{:+.4f}")])
+    units = c.get("units", {})
     for name, metrics in c["per_class"].items():
         for metric, values in metrics.items():
+            if metric.startswith("hd95") and units.get("hd95"):
+                metric = f"HD95 ({units['hd95']})"
+            elif metric.startswith("volume_error_ml") and units.get("volume"):
+                metric = f"volume error ({units['volume']})"
             rows.append([f"{metric}, class {name!r} (validation, {c['validation_cases']} cases)", _fmt(values["before"]),
                          _fmt(values["after"]), _fmt(values["delta"], "{:+.4f}")])
     int8 = c.get("int8")
@@ -558,6 +570,10 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
         "class; n/a where undefined, e.g. a class absent from the data). Check them on your own held-out data "
         "before clinical use.", "",
     ]
+    if c.get("worst_cases"):
+        lines += ["Validation cases whose mean foreground Dice fell most (by position in the validation list): "
+                  + "; ".join(f"case {w['case']}: {w['dice_before']:.4f} -> {w['dice_after']:.4f}"
+                              for w in c["worst_cases"]) + ".", ""]
     if guard.get("declared"):
         declared = ", ".join(f"{k} {json.dumps(v)}" for k, v in guard["declared"].items())
         lines += [f"Guardrails declared by the recipe: {declared}. "

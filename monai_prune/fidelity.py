@@ -53,6 +53,9 @@ class PerClassMetrics:
         self.skip = {s.lower() for s in skip}
         self.task: Optional[str] = None
         self.dice: List[List[float]] = []  # per case, per class (nan: class absent in both)
+        self.hd95: List[List[float]] = []  # per case, per class, mm (nan: class missing in prediction or label)
+        self.volumes: List[List[tuple]] = []  # per case, per class: (predicted ml, label ml)
+        self.units = "mm"
         self.scores: List[torch.Tensor] = []
         self.labels: List[int] = []
 
@@ -65,6 +68,7 @@ class PerClassMetrics:
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
         """One sample, channel first, as a bundle's postprocessing leaves it."""
+        spacing = _spacing(pred, label)
         pred, label = torch.as_tensor(pred).detach().cpu(), torch.as_tensor(label).detach().cpu()
         task = "segmentation" if pred.ndim >= 3 else "classification"
         if self.task not in (None, task):
@@ -76,12 +80,19 @@ class PerClassMetrics:
             p, t = _as_index(pred, classes), _as_index(label, classes)
             if p.shape != t.shape:
                 raise InputError(f"prediction {tuple(p.shape)} and label {tuple(t.shape)} differ in spatial shape")
-            row = []
+            if spacing is None:
+                spacing, self.units = [1.0] * p.ndim, "voxels"
+            voxel_ml = float(torch.tensor(spacing, dtype=torch.float64).prod()) / 1000.0
+            row, distances, volumes = [], [], []
             for c in range(classes):
                 a, b = p == c, t == c
                 total = int(a.sum() + b.sum())
                 row.append(2.0 * int((a & b).sum()) / total if total else math.nan)
+                distances.append(_hd95(a, b, spacing))
+                volumes.append((int(a.sum()) * voxel_ml, int(b.sum()) * voxel_ml))
             self.dice.append(row)
+            self.hd95.append(distances)
+            self.volumes.append(volumes)
         else:
             scores = pred.reshape(-1).float()
             self._names(len(scores))
@@ -116,7 +127,18 @@ class PerClassMetrics:
         result: Dict[str, Any] = {"task": self.task, "cases": self.cases}
         if self.task == "segmentation":
             table = torch.tensor(self.dice, dtype=torch.float64)
-            result["per_class"] = {names[c]: {"dice": _nanmean(table[:, c])} for c in keep}
+            hd95 = torch.tensor(self.hd95, dtype=torch.float64)
+            vols = torch.tensor(self.volumes, dtype=torch.float64)  # (cases, classes, 2)
+            result["per_class"] = {}
+            for c in keep:
+                pred_ml, label_ml = vols[:, c, 0], vols[:, c, 1]
+                present = label_ml > 0
+                pct = (pred_ml[present] - label_ml[present]).abs() / label_ml[present] * 100
+                result["per_class"][names[c]] = {
+                    "dice": _nanmean(table[:, c]), "hd95": _nanmean(hd95[:, c]),
+                    "volume_error_ml": float((pred_ml - label_ml).abs().mean()),
+                    "volume_error_pct": float(pct.mean()) if len(pct) else math.nan}
+            result["units"] = {"hd95": self.units, "volume": "ml" if self.units == "mm" else "voxels/1000"}
             result["per_case_dice"] = [[None if math.isnan(v) else v for v in (row[c] for c in keep)]
                                        for row in self.dice]
             return result
@@ -125,6 +147,7 @@ class PerClassMetrics:
         scores, truth = torch.stack(self.scores), torch.tensor(self.labels)
         predicted = scores.argmax(1)
         result["accuracy"] = float((predicted == truth).float().mean())
+        result["ece"] = expected_calibration_error(scores, truth)
         per_class = {}
         for c in keep:
             positive = truth == c
@@ -135,6 +158,57 @@ class PerClassMetrics:
             per_class[names[c]] = entry
         result["per_class"] = per_class
         return result
+
+
+def _spacing(pred: Any, label: Any) -> Optional[List[float]]:
+    """Voxel spacing (mm) from a MetaTensor's affine (the prediction's, else the label's); None if unknown."""
+    for x in (pred, label):
+        pixdim = getattr(x, "pixdim", None)
+        if pixdim is not None and getattr(x, "ndim", 0) >= 3:
+            values = [float(v) for v in torch.as_tensor(pixdim).reshape(-1)]
+            if len(values) == x.ndim - 1 and all(v > 0 for v in values):
+                return values
+    return None
+
+
+def _hd95(a: torch.Tensor, b: torch.Tensor, spacing: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance between two boolean masks (MONAI), nan when either is empty."""
+    if not a.any() or not b.any():
+        return math.nan
+    from monai.metrics import compute_hausdorff_distance
+
+    value = compute_hausdorff_distance(a[None, None].float(), b[None, None].float(), include_background=True,
+                                       percentile=95, spacing=list(spacing))
+    return float(value.reshape(-1)[0])
+
+
+def expected_calibration_error(scores: torch.Tensor, truth: torch.Tensor, bins: int = 10) -> float:
+    """ECE of the top-class confidence in ``bins`` equal-width bins (scores are softmaxed unless they already are
+    probabilities)."""
+    probs = scores.float()
+    if probs.min() < 0 or probs.max() > 1 or not torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-3):
+        probs = torch.softmax(probs, 1)
+    confidence, predicted = probs.max(1)
+    correct = (predicted == truth).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += float(inside.float().mean()) * abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
+    return ece
+
+
+def worst_cases(before: Mapping[str, Any], after: Mapping[str, Any], k: int = 3) -> List[Dict[str, Any]]:
+    """The ``k`` validation cases whose mean foreground Dice fell most from ``before`` to ``after`` (by index in
+    the evaluator's order; no file names, which may identify a patient)."""
+    rows = []
+    for i, (b, a) in enumerate(zip(before.get("per_case_dice", []), after.get("per_case_dice", []))):
+        pairs = [(x, y) for x, y in zip(b, a) if x is not None and y is not None]
+        if pairs:
+            mb, ma = sum(x for x, _ in pairs) / len(pairs), sum(y for _, y in pairs) / len(pairs)
+            rows.append({"case": i, "dice_before": mb, "dice_after": ma, "drop": mb - ma})
+    return sorted(rows, key=lambda r: -r["drop"])[:k]
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -169,6 +243,7 @@ GUARDRAIL_KEYS = {
     "max_delta_dice": "largest allowed Dice drop, absolute, per class",
     "max_delta_auc": "largest allowed AUC drop, absolute, per class",
     "max_delta_sensitivity": "largest allowed sensitivity (recall) drop, absolute, per class",
+    "max_hd95_increase_mm": "largest allowed increase of the 95th-percentile Hausdorff distance, per class",
     "max_latency_ratio": "compressed / dense latency of the bundle's whole inferer must not exceed this",
     "target_latency_s": "compressed latency of the bundle's whole inferer must not exceed this many seconds",
     "target_macs": "compressed MACs must not exceed this (a fraction of dense when <= 1, else a count)",
@@ -220,6 +295,14 @@ def check_guardrails(guardrails: Mapping[str, Any], compression: Mapping[str, An
                 drop = "undefined" if v["after"] is None else f"{v['before'] - v['after']:.4f}"
                 broken.append(f"class {name!r}: {metric} fell from {v['before']:.4f} to {_num(v['after'])} "
                               f"(drop {drop} > max_delta_{metric} {limit})")
+    limit = guardrails.get("max_hd95_increase_mm")
+    if limit is not None:
+        for name, v in values("hd95").items():
+            if v["before"] is not None and v["after"] is not None and v["after"] - v["before"] > limit:
+                broken.append(f"class {name!r}: HD95 grew from {v['before']:.2f} to {v['after']:.2f} mm "
+                              f"(+{v['after'] - v['before']:.2f} > max_hd95_increase_mm {limit})")
+            elif v["before"] is not None and v["after"] is None:
+                broken.append(f"class {name!r}: HD95 undefined after compression (the class is no longer found)")
     latency = compression.get("latency_s", {})
     if "max_latency_ratio" in guardrails:
         ratio = latency["after"] / latency["before"]

@@ -102,6 +102,9 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     # per class, from the same evaluator outputs: the background is left out; with one foreground class the
     # per-class Dice is the evaluator's own mean Dice (MeanDice, include_background=False), before and after
     assert list(c["per_class"]) == ["spleen"] and c["validation_cases"] == 2
+    assert set(c["per_class"]["spleen"]) == {"dice", "hd95", "volume_error_ml", "volume_error_pct"}
+    assert c["units"] == {"hd95": "mm", "volume": "ml"} and c["per_class"]["spleen"]["hd95"]["before"] > 0
+    assert 1 <= len(c["worst_cases"]) <= 2 and {"case", "dice_before", "dice_after", "drop"} <= set(c["worst_cases"][0])
     for when in ("before", "after"):
         assert c["per_class"]["spleen"]["dice"][when] == pytest.approx(c["metrics"]["val_mean_dice"][when], abs=1e-4)
     # latency of the whole sliding-window inferer on a validation volume, and of one network call
@@ -112,7 +115,7 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     assert set(verify_model_files(out)) == set(os.listdir(models))
     readme = open(os.path.join(out, "docs", "README.md")).read()
     assert "MACs per input" in readme and "val_mean_dice" in readme and "dice, class 'spleen'" in readme
-    assert "SlidingWindowInferer" in readme
+    assert "SlidingWindowInferer" in readme and "HD95 (mm), class 'spleen'" in readme
     # nothing identifying: no data file names in what we wrote
     for text in (json.dumps(metadata), readme):
         assert "ct_0" not in text and "/data" not in text

@@ -112,3 +112,54 @@ def test_guardrails_on_classification_budgets_and_bad_declarations():
         check_guardrails({"max_delta_dice": 0.01}, measured)
     with pytest.raises(ConfigError, match="model's classes"):
         check_guardrails({"min_dice": {"spleen": 0.9}}, _measured({"liver": {"dice": (0.9, 0.9)}}))
+
+
+def test_hd95_volumes_with_spacing_and_worst_cases():
+    from monai.data import MetaTensor
+
+    from monai_prune.fidelity import worst_cases
+
+    label = torch.zeros(20, 20, 20, dtype=torch.long)
+    label[4:12, 4:12, 4:12] = 1
+    pred = torch.zeros_like(label)
+    pred[6:14, 4:12, 4:12] = 1  # shifted 2 voxels along x
+    affine = torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0]))  # 2 mm along x, 1 mm elsewhere
+    m = PerClassMetrics(["background", "organ"])
+    m.update(MetaTensor(_onehot(pred, 2), affine=affine), MetaTensor(label[None].float(), affine=affine))
+    result = m.compute()
+    organ = result["per_class"]["organ"]
+    assert result["units"] == {"hd95": "mm", "volume": "ml"}
+    assert organ["hd95"] == pytest.approx(4.0)  # 2 voxels x 2 mm
+    assert organ["volume_error_ml"] == 0.0 and organ["volume_error_pct"] == 0.0  # same size, moved
+    bigger = pred.clone()
+    bigger[4:6, 4:12, 4:12] = 1  # 128 more voxels of 2 mm^3
+    m2 = PerClassMetrics(["background", "organ"])
+    m2.update(MetaTensor(_onehot(bigger, 2), affine=affine), MetaTensor(label[None].float(), affine=affine))
+    organ2 = m2.compute()["per_class"]["organ"]
+    assert organ2["volume_error_ml"] == pytest.approx(128 * 2 / 1000) and organ2["volume_error_pct"] == 25.0
+    # without spacing the units say voxels
+    m3 = PerClassMetrics(["background", "organ"])
+    m3.update(_onehot(pred, 2), label[None].float())
+    assert m3.compute()["units"]["hd95"] == "voxels" and m3.compute()["per_class"]["organ"]["hd95"] == 2.0
+
+    before = {"per_case_dice": [[0.9], [0.8], [0.7]]}
+    after = {"per_case_dice": [[0.9], [0.5], [0.69]]}
+    worst = worst_cases(before, after, k=2)
+    assert [w["case"] for w in worst] == [1, 2] and worst[0]["drop"] == pytest.approx(0.3)
+
+
+def test_expected_calibration_error_by_hand():
+    from monai_prune.fidelity import expected_calibration_error
+
+    probs = torch.tensor([[0.95, 0.05], [0.95, 0.05], [0.65, 0.35], [0.65, 0.35]])
+    truth = torch.tensor([0, 1, 0, 0])
+    # bin (0.9, 1.0]: accuracy 0.5, confidence 0.95 -> |0.45| x 2/4; bin (0.6, 0.7]: accuracy 1.0, conf 0.65 -> 0.35 x 2/4
+    assert expected_calibration_error(probs, truth) == pytest.approx(0.45 * 0.5 + 0.35 * 0.5)
+    assert expected_calibration_error(torch.log(probs), truth) == pytest.approx(0.4)  # logits are softmaxed first
+
+
+def test_hd95_guardrail():
+    measured = _measured({"liver": {"dice": (0.95, 0.95), "hd95": (3.0, 3.5)},
+                          "lesion": {"dice": (0.8, 0.78), "hd95": (2.0, 9.0)}})
+    (broken,) = check_guardrails({"max_hd95_increase_mm": 1.0}, measured)
+    assert "'lesion'" in broken and "+7.00" in broken
