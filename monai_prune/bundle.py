@@ -255,6 +255,20 @@ def _inferer_latency(raw: Dict[str, Any], models: Dict[str, nn.Module], device: 
     return result
 
 
+def _backend_agreement(raw: Dict[str, Any], network: nn.Module, onnx_path: str, cases: int = 2) -> Dict[str, Any]:
+    """The compressed model's ONNX through every installed runtime vs torch, with the bundle's own inferer on the
+    first validation images (:func:`monai_prune.fidelity.backend_agreement`)."""
+    from monai.bundle import ConfigParser
+
+    from .fidelity import backend_agreement
+
+    parser = ConfigParser(copy.deepcopy(raw))
+    dataset = parser.get_parsed_content("validate#dataset")
+    inputs = [torch.as_tensor(dataset[i]["image"])[None].float() for i in range(min(cases, len(dataset)))]
+    inferer = parser.get_parsed_content("validate#inferer")
+    return backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx_path)
+
+
 def _inference_config(src: str, overrides: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The source's inference config with the network from ``model.ts``, and the ``--set`` bundle parameters it
     shares with train.json (e.g. ``image_size``, ``roi_size``), so inference runs as the model was fine-tuned."""
@@ -462,6 +476,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
            else {}),
         "calibration_sha256": None,
     }
+    compression["backend_agreement"] = _backend_agreement(raw, network, onnx.path)
+    network.to(device)
     broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
     compression["guardrails"] = {"declared": info["guardrails"], "broken": broken,
                                  "allowed_degraded": bool(broken and info["allow_degraded"])}
@@ -570,6 +586,11 @@ def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str
         "class; n/a where undefined, e.g. a class absent from the data). Check them on your own held-out data "
         "before clinical use.", "",
     ]
+    if c.get("backend_agreement"):
+        lines += ["The same compressed model through each runtime vs PyTorch, with the bundle's inferer on validation "
+                  "images: " + "; ".join(f"{b}: argmax agreement {v['argmax_agreement']:.5f}, max |diff| "
+                                         f"{v['max_abs_diff']:.2g}" for b, v in c["backend_agreement"].items()) + ".",
+                  ""]
     if c.get("worst_cases"):
         lines += ["Validation cases whose mean foreground Dice fell most (by position in the validation list): "
                   + "; ".join(f"case {w['case']}: {w['dice_before']:.4f} -> {w['dice_after']:.4f}"

@@ -9,17 +9,24 @@ sample (it attaches to a MONAI evaluator like a metric handler), and :func:`comp
   prediction and label are skipped, like MONAI's ``ignore_empty``), averaged over cases, and the per-case values
   (to find the worst cases);
 * classification (prediction ``(C,)`` probabilities/logits/one-hot): accuracy, per-class sensitivity (recall) and
-  per-class one-vs-rest AUC (MONAI's ``compute_roc_auc``).
+  per-class one-vs-rest AUC (MONAI's ``compute_roc_auc``), and the expected calibration error.
+
+Segmentation also gets per-class HD95 (mm, from the MetaTensor affine) and volume error (ml, %), and
+:func:`worst_cases` names the validation cases that lost most. :func:`check_guardrails` turns a recipe's floors and
+budgets into refusals, and :func:`backend_agreement` compares the same model across torch, ONNX Runtime and OpenVINO.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from .errors import InputError
+
+logger = logging.getLogger(__name__)
 
 BACKGROUND_NAMES = ("background", "bg", "_background_")
 
@@ -323,3 +330,52 @@ def check_guardrails(guardrails: Mapping[str, Any], compression: Mapping[str, An
 
 def _num(x: Optional[float]) -> str:
     return "undefined" if x is None else f"{x:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------- backends
+def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optional[Callable] = None,
+                      onnx_path: Optional[str] = None, backends: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The same model through torch and every other installed runtime, compared output by output, so that a
+    silent divergence of one runtime is caught before deployment.
+
+    Args:
+        model: the (compressed) ``nn.Module`` in eval mode; the reference is torch eager.
+        inputs: preprocessed network inputs ``(1, C, *spatial)`` (e.g. a few validation images).
+        inferer: e.g. the bundle's ``SlidingWindowInferer``; called as ``inferer(inputs=x, network=runner)``.
+        onnx_path: the exported ONNX file (exported from ``model`` when not given).
+        backends: runtimes to compare (default every installed one of ONNX Runtime, OpenVINO).
+
+    Returns ``{backend: {"argmax_agreement", "max_abs_diff", "dice_vs_torch": {channel: dice}}}`` where the
+    Dice per output channel is between the backend's and torch's argmax maps (segmentation only).
+    """
+    from .runtime import Predictor, available_backends
+
+    wanted = list(backends or [b for b in ("onnxruntime", "openvino") if b in available_backends()])
+    if not inputs:
+        raise InputError("backend_agreement needs at least one input")
+    run = inferer or (lambda inputs, network: network(inputs))
+    example = inputs[0]
+    with torch.no_grad():
+        reference = [run(inputs=x, network=model).float().cpu() for x in inputs]
+    result: Dict[str, Any] = {}
+    for backend in wanted:
+        predictor = Predictor(onnx_path or model, example_input=example, backend=backend)
+        agree = total = 0
+        max_abs = 0.0
+        inter: Dict[int, float] = {}
+        sums: Dict[int, float] = {}
+        for x, ref in zip(inputs, reference):
+            out = run(inputs=x, network=predictor).float().cpu()
+            max_abs = max(max_abs, float((out - ref).abs().max()))
+            a, b = out.argmax(1), ref.argmax(1)
+            agree += int((a == b).sum())
+            total += a.numel()
+            if ref.ndim > 2:
+                for c in range(ref.shape[1]):
+                    pa, pb = a == c, b == c
+                    inter[c] = inter.get(c, 0.0) + float((pa & pb).sum())
+                    sums[c] = sums.get(c, 0.0) + float(pa.sum() + pb.sum())
+        result[backend] = {"argmax_agreement": agree / total, "max_abs_diff": max_abs,
+                           "dice_vs_torch": {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sums}}
+        logger.info("%s vs torch: argmax agreement %.5f, max |diff| %.3g", backend, agree / total, max_abs)
+    return result

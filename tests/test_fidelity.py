@@ -163,3 +163,26 @@ def test_hd95_guardrail():
                           "lesion": {"dice": (0.8, 0.78), "hd95": (2.0, 9.0)}})
     (broken,) = check_guardrails({"max_hd95_increase_mm": 1.0}, measured)
     assert "'lesion'" in broken and "+7.00" in broken
+
+
+def test_backend_agreement_passes_the_same_model_and_catches_a_diverged_runtime(tmp_path):
+    from monai.inferers import SlidingWindowInferer
+    from monai.networks.nets import UNet
+
+    from monai_prune.export import export_onnx
+    from monai_prune.fidelity import backend_agreement
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, (4, 8), (2,), num_res_units=0).eval()
+    inputs = [torch.rand(1, 1, 24, 24, 20) for _ in range(2)]
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=2, overlap=0.25)
+    same = backend_agreement(net, inputs, inferer)
+    assert set(same) >= {"onnxruntime"}
+    for result in same.values():
+        assert result["argmax_agreement"] > 0.999 and result["max_abs_diff"] < 1e-3
+        assert min(result["dice_vs_torch"].values()) > 0.99
+    # a runtime serving other weights (a stale or corrupted export) is caught
+    other = UNet(3, 1, 3, (4, 8), (2,), num_res_units=0).eval()
+    stale = export_onnx(other, inputs[0], str(tmp_path / "stale.onnx")).path
+    diverged = backend_agreement(net, inputs, inferer, onnx_path=stale, backends=["onnxruntime"])
+    assert diverged["onnxruntime"]["argmax_agreement"] < 0.9 and diverged["onnxruntime"]["max_abs_diff"] > 0.01
