@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,11 +66,27 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is when a record is emitted (not the stream it was created with),
+    so a redirected or replaced stderr (a notebook, a test capture) never leaves it writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always follows sys.stderr
+        pass
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Log monai_prune messages to stderr in MONAI's plain format unless the application configured logging."""
     logger = logging.getLogger("monai_prune")
     if not any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(level)
