@@ -6,11 +6,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench venv clean bundles
 
+# `import holoscan` once: holoscan's wheel (MONAI Deploy) finishes installing on the first interpreter start
+# (wheel-axle-runtime, through pip internals that import the stdlib distutils); done here, not in the first test
+# process, where it breaks the setuptools import that nncf.torch (QAT) needs.
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-cpu.txt "torch==2.13.0"
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[openvino,bundle,deploy,dev]"
+	$(PY) -c "import holoscan"
 	touch $(STAMP)
 
 venv: $(STAMP)

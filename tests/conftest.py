@@ -1,11 +1,6 @@
 import logging
 import warnings
 
-# nncf.torch (QAT) imports torch.utils.cpp_extension, which imports setuptools, whose distutils shim must resolve
-# setuptools._distutils; after the SDK/bundle tests have run in this process that first import has failed in a fresh
-# clone (stdlib distutils picked). Importing it once here, in a clean process, makes later imports no-ops.
-import setuptools  # noqa: F401
-
 import pytest
 import torch
 
