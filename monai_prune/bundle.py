@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, GuardrailError, InputError
-from .fidelity import GUARDRAIL_KEYS, check_guardrails, class_names, compare_per_class, json_safe, worst_cases
+from .fidelity import check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails, worst_cases
 from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -151,22 +151,10 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
         raise InputError(f"output {out} already exists: choose a new folder (nothing was written)")
     guardrails = dict(recipe_config.get("guardrails") or {})
     guardrails.update({k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("guardrails#")})
-    _check_guardrail_keys(guardrails)
+    validate_guardrails(guardrails)
     return {"metadata": metadata, "train": train, "train_path": train_path, "recipe": recipe_config,
             "recipe_path": path, "weights": weights, "shape": _example_shape(metadata, train),
             "guardrails": guardrails}
-
-
-def _check_guardrail_keys(guardrails: Dict[str, Any]) -> None:
-    """Unknown guardrail names and non-numeric limits are refused before any work starts."""
-    unknown = sorted(set(guardrails) - set(GUARDRAIL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown guardrails {unknown}; known: {sorted(GUARDRAIL_KEYS)}")
-    for key, value in guardrails.items():
-        numbers = value.values() if key == "min_dice" and isinstance(value, dict) else [value]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers):
-            raise ConfigError(f"guardrail {key} must be a non-negative number"
-                              + (" or {class: number}" if key == "min_dice" else "") + f", got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -231,18 +219,13 @@ def _latency(model: Any, x: torch.Tensor, repeats: int = 5) -> float:
         return time_call(lambda: model(x), repeats=repeats)["median_s"]
 
 
-def _inferer_latency(raw: Dict[str, Any], models: Dict[str, nn.Module], device: torch.device,
+def _inferer_latency(image: torch.Tensor, inferer: Any, models: Dict[str, nn.Module], device: torch.device,
                      repeats: int) -> Dict[str, Any]:
-    """Median seconds of the bundle's whole ``validate#inferer`` (e.g. sliding window) on the first validation
-    case after the bundle's preprocessing, for each model (interleaved rounds, same input)."""
-    from monai.bundle import ConfigParser
-
+    """Median seconds of the bundle's whole inferer (e.g. sliding window) on one preprocessed validation ``image``,
+    for each model (interleaved rounds, same input)."""
     from .measure import time_call
 
-    parser = ConfigParser(copy.deepcopy(raw))
-    image = parser.get_parsed_content("validate#dataset")[0]["image"]
     x = torch.as_tensor(image)[None].float().to(device)
-    inferer = parser.get_parsed_content("validate#inferer")
     times: Dict[str, List[float]] = {name: [] for name in models}
     with torch.no_grad():
         for name, model in models.items():  # warm-up
@@ -253,20 +236,6 @@ def _inferer_latency(raw: Dict[str, Any], models: Dict[str, nn.Module], device: 
     result: Dict[str, Any] = {name: statistics.median(t) for name, t in times.items()}
     result.update(input_shape=list(x.shape), inferer=type(inferer).__name__)
     return result
-
-
-def _backend_agreement(raw: Dict[str, Any], network: nn.Module, onnx_path: str, cases: int = 2) -> Dict[str, Any]:
-    """The compressed model's ONNX through every installed runtime vs torch, with the bundle's own inferer on the
-    first validation images (:func:`monai_prune.fidelity.backend_agreement`)."""
-    from monai.bundle import ConfigParser
-
-    from .fidelity import backend_agreement
-
-    parser = ConfigParser(copy.deepcopy(raw))
-    dataset = parser.get_parsed_content("validate#dataset")
-    inputs = [torch.as_tensor(dataset[i]["image"])[None].float() for i in range(min(cases, len(dataset)))]
-    inferer = parser.get_parsed_content("validate#inferer")
-    return backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx_path)
 
 
 def _inference_config(src: str, overrides: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -455,8 +424,11 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     params = {"before": count_params(dense), "after": count_params(network)}
     size = {"before": state_dict_bytes(dense), "after": state_dict_bytes(network)}  # both as torch.save writes them
     network_call = {"before": _latency(dense, x, repeats), "after": _latency(network, x, repeats)}
+    # the trainer's validation dataset and inferer (already built, cached): latency, backend agreement, calibration
+    dataset = parser.get_parsed_content("validate#dataset")
+    inferer = parser.get_parsed_content("validate#inferer")
     logger.info("timing the bundle's validate#inferer with both models on %s", device.type)
-    latency = _inferer_latency(raw, {"before": dense, "after": network}, device, repeats)
+    latency = _inferer_latency(dataset[0]["image"], inferer, {"before": dense, "after": network}, device, repeats)
     compression: Dict[str, Any] = {
         "tool": "monai-prune", "recipe": info["recipe"].get("recipe", {}).get("name",
                                                                            os.path.basename(info["recipe_path"])),
@@ -476,7 +448,10 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
            else {}),
         "calibration_sha256": None,
     }
-    compression["backend_agreement"] = _backend_agreement(raw, network, onnx.path)
+    from .fidelity import backend_agreement
+
+    inputs = [torch.as_tensor(dataset[i]["image"])[None].float() for i in range(min(2, len(dataset)))]
+    compression["backend_agreement"] = backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx.path)
     network.to(device)
     broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
     compression["guardrails"] = {"declared": info["guardrails"], "broken": broken,
@@ -489,7 +464,6 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if int8:
         from .quantization import calibration_data, quantize
 
-        dataset = parser.get_parsed_content("validate#dataset")
         calibration = calibration_data(dataset, calibration_samples, roi_size=info["shape"][2:])
         result = quantize(network.cpu(), calibration, backend=int8, out_dir=os.path.join(staging, ".int8"),
                           repeats=repeats)

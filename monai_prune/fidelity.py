@@ -257,6 +257,21 @@ GUARDRAIL_KEYS = {
 }
 
 
+def validate_guardrails(guardrails: Mapping[str, Any]) -> None:
+    """Unknown guardrail names and limits that are not non-negative numbers are a :class:`ConfigError` (checked
+    before any work starts)."""
+    from .errors import ConfigError
+
+    unknown = sorted(set(guardrails) - set(GUARDRAIL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown guardrails {unknown}; known: {sorted(GUARDRAIL_KEYS)}")
+    for key, value in guardrails.items():
+        numbers = value.values() if key == "min_dice" and isinstance(value, Mapping) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers):
+            raise ConfigError(f"guardrail {key} must be a non-negative number"
+                              + (" or {class: number}" if key == "min_dice" else "") + f", got {value!r}")
+
+
 def check_guardrails(guardrails: Mapping[str, Any], compression: Mapping[str, Any]) -> List[str]:
     """Every broken floor or budget of ``guardrails`` in a ``compress-bundle`` measurement, as one sentence each
     (which class, which metric, by how much); empty when all hold.
@@ -267,9 +282,7 @@ def check_guardrails(guardrails: Mapping[str, Any], compression: Mapping[str, An
     """
     from .errors import ConfigError
 
-    unknown = sorted(set(guardrails) - set(GUARDRAIL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown guardrails {unknown}; known: {sorted(GUARDRAIL_KEYS)}")
+    validate_guardrails(guardrails)
     per_class = compression.get("per_class", {})
     broken: List[str] = []
 
@@ -333,6 +346,19 @@ def _num(x: Optional[float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- backends
+def dice_counts(pred, ref, classes: int, inter: Dict[int, float], sums: Dict[int, float]) -> None:
+    """Add one pair of label maps (numpy or torch) to per-class intersection and size sums (pooled Dice)."""
+    for c in range(classes):
+        a, b = pred == c, ref == c
+        inter[c] = inter.get(c, 0.0) + float((a & b).sum())
+        sums[c] = sums.get(c, 0.0) + float(a.sum() + b.sum())
+
+
+def pooled_dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
+    """Per-class Dice from :func:`dice_counts` sums (1.0 for a class absent from both)."""
+    return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
+
+
 def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optional[Callable] = None,
                       onnx_path: Optional[str] = None, backends: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The same model through torch and every other installed runtime, compared output by output, so that a
@@ -371,11 +397,8 @@ def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optio
             agree += int((a == b).sum())
             total += a.numel()
             if ref.ndim > 2:
-                for c in range(ref.shape[1]):
-                    pa, pb = a == c, b == c
-                    inter[c] = inter.get(c, 0.0) + float((pa & pb).sum())
-                    sums[c] = sums.get(c, 0.0) + float(pa.sum() + pb.sum())
+                dice_counts(a, b, ref.shape[1], inter, sums)
         result[backend] = {"argmax_agreement": agree / total, "max_abs_diff": max_abs,
-                           "dice_vs_torch": {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sums}}
+                           "dice_vs_torch": pooled_dice(inter, sums)}
         logger.info("%s vs torch: argmax agreement %.5f, max |diff| %.3g", backend, agree / total, max_abs)
     return result

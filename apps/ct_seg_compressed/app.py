@@ -11,32 +11,26 @@ model's sha256 are checked before the graph starts; outputs appear only when the
 run.json (model, backend, seconds per stage).
 """
 
-import json
 import logging
 import sys
 from pathlib import Path
 
-from holoscan.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image, IOType
-from monai.deploy.operators import (BundleConfigNames, DICOMDataLoaderOperator, DICOMSegmentationWriterOperator,
-                                    DICOMSeriesSelectorOperator, DICOMSeriesToVolumeOperator, IOMapping, ModelInfo,
+from monai.deploy.operators import (BundleConfigNames, DICOMSegmentationWriterOperator, IOMapping,
                                     MonaiBundleInferenceOperator)
 from monai.deploy.operators.dicom_seg_writer_operator import SegmentDescription
 from pydicom.sr.codedict import codes
 
 from monai_prune.deploy.models import bundle_metadata
-from monai_prune.deploy.operators import CompressedBundleInferenceOperator, NiftiSegmentationWriterOperator, timed
+from monai_prune.deploy.operators import (CompressedBundleApp, CompressedBundleInferenceOperator,
+                                         NiftiSegmentationWriterOperator, timed)
 from monai_prune.deploy.runner import run_app
 
 SELECTION_RULES = {"selections": [{"name": "CT series", "conditions": {"Modality": "(?i)CT"}}]}
 
 
-class CTSegCompressedApp(Application):
+class CTSegCompressedApp(CompressedBundleApp):
     """DICOM CT -> compressed bundle -> DICOM SEG, one segment per foreground channel of the bundle's output."""
-
-    def __init__(self, argv=None, run_options=None, model_choice=None, stage_timer=None):
-        self.run_options, self.model_choice, self.stage_timer = run_options, model_choice, stage_timer
-        super().__init__(*([argv] if argv is not None else []))  # default: sys.argv, as MONAI Deploy apps use
 
     def compose(self):
         context: AppContext = Application.init_app_context(self.argv)
@@ -46,33 +40,23 @@ class CTSegCompressedApp(Application):
         labels = [v for k, v in sorted(pred.get("channel_def", {}).items(), key=lambda kv: int(kv[0])) if k != "0"]
         algorithm = f"{choice.name} ({choice.backend} {choice.precision})"
 
-        ops = {
-            "loader": timed(DICOMDataLoaderOperator)(self, CountCondition(self, 1), input_folder=Path(context.input_path),
-                                                     name="dicom_loader"),
-            "selector": timed(DICOMSeriesSelectorOperator)(self, rules=json.dumps(SELECTION_RULES),
-                                                           sort_by_sop_instance_count=True, name="series_selector"),
-            "volume": timed(DICOMSeriesToVolumeOperator)(self, name="series_to_volume"),
-            "inference": self._inference(context),
-            "seg_writer": timed(DICOMSegmentationWriterOperator)(
-                self, output_folder=output, name="dicom_seg_writer", omit_empty_frames=False,
-                segment_descriptions=[SegmentDescription(segment_label=label,
-                                                         segmented_property_category=codes.SCT.Organ,
-                                                         segmented_property_type=codes.SCT.Organ,
-                                                         algorithm_name=algorithm[:64],
-                                                         algorithm_version=choice.version or "0")
-                                      for label in labels],
-                model_info=ModelInfo("monai-prune", choice.name[:64], choice.version, choice.dicom_uid)),
-        }
-        for op in ops.values():
+        selector, volume = self.dicom_input(context, SELECTION_RULES, largest_series=True)
+        inference = self._inference(context)
+        seg_writer = timed(DICOMSegmentationWriterOperator)(
+            self, output_folder=output, name="dicom_seg_writer", omit_empty_frames=False, model_info=self.model_info(),
+            segment_descriptions=[SegmentDescription(segment_label=label, segmented_property_category=codes.SCT.Organ,
+                                                     segmented_property_type=codes.SCT.Organ,
+                                                     algorithm_name=algorithm[:64],
+                                                     algorithm_version=choice.version or "0")
+                                  for label in labels])
+        for op in (inference, seg_writer):
             op.stage_timer = self.stage_timer
-        self.add_flow(ops["loader"], ops["selector"], {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(ops["selector"], ops["volume"], {("study_selected_series_list", "study_selected_series_list")})
-        self.add_flow(ops["volume"], ops["inference"], {("image", "image")})
-        self.add_flow(ops["inference"], ops["seg_writer"], {("pred", "seg_image")})
-        self.add_flow(ops["selector"], ops["seg_writer"], {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(volume, inference, {("image", "image")})
+        self.add_flow(inference, seg_writer, {("pred", "seg_image")})
+        self.add_flow(selector, seg_writer, {("study_selected_series_list", "study_selected_series_list")})
         if self.run_options.nifti:
             nifti = NiftiSegmentationWriterOperator(self, output_folder=output, name="nifti_writer")
-            self.add_flow(ops["inference"], nifti, {("pred", "seg_image")})
+            self.add_flow(inference, nifti, {("pred", "seg_image")})
 
     def _inference(self, context):
         """monai-prune's operator (our backends), or with --operator stock the SDK's own operator on model.ts."""

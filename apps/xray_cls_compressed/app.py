@@ -11,64 +11,45 @@ own preprocessing and postprocessing; the postprocessing ends with the argmax la
 starts; outputs appear only when the whole run succeeded, with run.json (model, backend, seconds per stage).
 """
 
-import json
 import logging
 import sys
 from pathlib import Path
 
-from holoscan.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image, IOType
-from monai.deploy.operators import (BundleConfigNames, DICOMDataLoaderOperator, DICOMSeriesSelectorOperator,
-                                    DICOMSeriesToVolumeOperator, DICOMTextSRWriterOperator, EquipmentInfo, IOMapping,
-                                    ModelInfo)
+from monai.deploy.operators import (BundleConfigNames, DICOMTextSRWriterOperator, EquipmentInfo, IOMapping)
 
-from monai_prune.deploy.operators import ClassificationResultOperator, CompressedBundleInferenceOperator, timed
+from monai_prune.deploy.operators import (ClassificationResultOperator, CompressedBundleApp,
+                                         CompressedBundleInferenceOperator, timed)
 from monai_prune.deploy.runner import run_app
 
 MODALITIES = ("DX", "CR")
 SELECTION_RULES = {"selections": [{"name": "chest radiograph", "conditions": {"Modality": "(?i)(DX|CR)"}}]}
 
 
-class XrayClsCompressedApp(Application):
+class XrayClsCompressedApp(CompressedBundleApp):
     """DICOM DX/CR -> compressed classification bundle -> result.json + DICOM SR."""
-
-    def __init__(self, argv=None, run_options=None, model_choice=None, stage_timer=None):
-        self.run_options, self.model_choice, self.stage_timer = run_options, model_choice, stage_timer
-        super().__init__(*([argv] if argv is not None else []))  # default: sys.argv, as MONAI Deploy apps use
 
     def compose(self):
         context: AppContext = Application.init_app_context(self.argv)
         output = Path(context.output_path)
-        model_info = ModelInfo("monai-prune", self.model_choice.name[:64], self.model_choice.version, self.model_choice.dicom_uid)
+        selector, volume = self.dicom_input(context, SELECTION_RULES)
         inference = timed(CompressedBundleInferenceOperator)(
             self, app_context=context, model_choice=self.model_choice, num_threads=self.run_options.num_threads,
-            stage_timer=self.stage_timer,
             input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
             output_mapping=[IOMapping("pred", dict, IOType.IN_MEMORY)],
             bundle_config_names=BundleConfigNames(config_names=["inference"]), name="compressed_inference")
-        ops = {
-            "loader": timed(DICOMDataLoaderOperator)(self, CountCondition(self, 1), input_folder=Path(context.input_path),
-                                                     name="dicom_loader"),
-            "selector": timed(DICOMSeriesSelectorOperator)(self, rules=json.dumps(SELECTION_RULES),
-                                                           name="series_selector"),
-            "volume": timed(DICOMSeriesToVolumeOperator)(self, name="series_to_volume"),
-            "inference": inference,
-            "result": timed(ClassificationResultOperator)(self, output_folder=output, model_op=inference,
-                                                          name="classification_result"),
-            "sr_writer": timed(DICOMTextSRWriterOperator)(
-                self, output_folder=output, model_info=model_info, copy_tags=True, name="dicom_sr_writer",
-                equipment_info=EquipmentInfo(manufacturer="monai-prune", manufacturer_model=self.model_choice.name[:64],
-                                             software_version_number=self.model_choice.version)),
-        }
-        for op in ops.values():
+        result = timed(ClassificationResultOperator)(self, output_folder=output, model_op=inference,
+                                                     name="classification_result")
+        sr_writer = timed(DICOMTextSRWriterOperator)(
+            self, output_folder=output, model_info=self.model_info(), copy_tags=True, name="dicom_sr_writer",
+            equipment_info=EquipmentInfo(manufacturer="monai-prune", manufacturer_model=self.model_choice.name[:64],
+                                         software_version_number=self.model_choice.version))
+        for op in (inference, result, sr_writer):
             op.stage_timer = self.stage_timer
-        self.add_flow(ops["loader"], ops["selector"], {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(ops["selector"], ops["volume"], {("study_selected_series_list", "study_selected_series_list")})
-        self.add_flow(ops["volume"], ops["inference"], {("image", "image")})
-        self.add_flow(ops["inference"], ops["result"], {("pred", "result")})
-        self.add_flow(ops["result"], ops["sr_writer"], {("text", "text")})
-        self.add_flow(ops["selector"], ops["sr_writer"], {("study_selected_series_list", "study_selected_series_list")})
-
+        self.add_flow(volume, inference, {("image", "image")})
+        self.add_flow(inference, result, {("pred", "result")})
+        self.add_flow(result, sr_writer, {("text", "text")})
+        self.add_flow(selector, sr_writer, {("study_selected_series_list", "study_selected_series_list")})
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

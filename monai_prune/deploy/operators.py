@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from monai.deploy.core import Operator, OperatorSpec
-from monai.deploy.operators import MonaiBundleInferenceOperator
+from holoscan.conditions import CountCondition
+from monai.deploy.core import Application, Operator, OperatorSpec
+from monai.deploy.operators import (DICOMDataLoaderOperator, DICOMSeriesSelectorOperator, DICOMSeriesToVolumeOperator,
+                                    ModelInfo, MonaiBundleInferenceOperator)
 
 from ..utils import atomic_write_text
 from .models import ModelChoice, select_model
@@ -224,3 +226,32 @@ class NiftiSegmentationWriterOperator(Operator):
         nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(tmp))
         tmp.replace(target)
         logger.info("wrote %s %s", target.name, array.shape)
+
+
+class CompressedBundleApp(Application):
+    """Base of the apps in ``apps/``: the run options, verified model and stage timer from the runner
+    (:func:`monai_prune.deploy.runner.run_app`), and the stock DICOM input chain."""
+
+    def __init__(self, argv=None, run_options=None, model_choice: Optional[ModelChoice] = None,
+                 stage_timer: Optional[StageTimer] = None):
+        self.run_options, self.model_choice, self.stage_timer = run_options, model_choice, stage_timer
+        super().__init__(*([argv] if argv is not None else []))  # default: sys.argv, as MONAI Deploy apps use
+
+    def model_info(self) -> ModelInfo:
+        """The model for the DICOM writers' Contributing Equipment: name, version, a UID from its sha256."""
+        choice = self.model_choice
+        return ModelInfo("monai-prune", choice.name[:64], choice.version, choice.dicom_uid)
+
+    def dicom_input(self, context, rules: Dict[str, Any], largest_series: bool = False):
+        """DICOMDataLoader -> DICOMSeriesSelector(``rules``) -> DICOMSeriesToVolume, timed and connected; returns
+        ``(selector, volume)`` for the app to connect onwards."""
+        loader = timed(DICOMDataLoaderOperator)(self, CountCondition(self, 1), input_folder=Path(context.input_path),
+                                                name="dicom_loader")
+        selector = timed(DICOMSeriesSelectorOperator)(self, rules=json.dumps(rules), name="series_selector",
+                                                      sort_by_sop_instance_count=largest_series)
+        volume = timed(DICOMSeriesToVolumeOperator)(self, name="series_to_volume")
+        for op in (loader, selector, volume):
+            op.stage_timer = self.stage_timer
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, volume, {("study_selected_series_list", "study_selected_series_list")})
+        return selector, volume

@@ -90,7 +90,7 @@ def _paths(argv: List[str], created: List[str]) -> Dict[str, str]:
 
 def _replace(argv: List[str], flags: Sequence[str], value: str) -> List[str]:
     out, skip = [argv[0]], False
-    for i, a in enumerate(argv[1:], 1):
+    for a in argv[1:]:
         if skip:
             skip = False
             continue

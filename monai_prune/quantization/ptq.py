@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import BackendUnavailableError, ConfigError, InputError, QuantizationError
 from ..export import export_onnx, export_openvino
+from ..fidelity import dice_counts, pooled_dice
 from ..measure import file_size, time_call
 from ..utils import atomic_write_text, root_logging_for_others
 from .calibration import CalibrationSet
@@ -257,17 +258,6 @@ class _Runner:
         return compiled(x)[compiled.output(0)]
 
 
-def _dice_counts(pred: np.ndarray, ref: np.ndarray, classes: int, inter: Dict[int, float], sums: Dict[int, float]):
-    for c in range(classes):
-        a, b = pred == c, ref == c
-        inter[c] = inter.get(c, 0.0) + float((a & b).sum())
-        sums[c] = sums.get(c, 0.0) + float(a.sum() + b.sum())
-
-
-def _dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
-    return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
-
-
 def _classification(outputs: Sequence[np.ndarray], labels: Sequence[torch.Tensor]) -> Dict[str, object]:
     """Accuracy and per-class one-vs-rest AUC (MONAI's ``compute_roc_auc``) of logits against class labels."""
     from monai.metrics import compute_roc_auc
@@ -304,16 +294,16 @@ def _fidelity(fp32_outputs: Sequence[np.ndarray], int8: _Runner, inputs: Sequenc
         agree += int((pa == pb).sum())
         total += pa.size
         if a.ndim > 2:  # segmentation: per-class Dice between the two label maps
-            _dice_counts(pb, pa, a.shape[1], *between)
+            dice_counts(pb, pa, a.shape[1], *between)
             if labels is not None:
                 ref = np.asarray(labels[i]).reshape(pa.shape)
-                _dice_counts(pa, ref, a.shape[1], *truth["fp32"])
-                _dice_counts(pb, ref, a.shape[1], *truth["int8"])
+                dice_counts(pa, ref, a.shape[1], *truth["fp32"])
+                dice_counts(pb, ref, a.shape[1], *truth["int8"])
     result: Dict[str, object] = {"agreement": agree / total, "max_abs_logit": max_abs, "samples": len(inputs)}
     if between[1]:
-        result["dice_vs_fp32"] = _dice(*between)
+        result["dice_vs_fp32"] = pooled_dice(*between)
     if labels is not None and truth["fp32"][1]:
-        d32, d8 = _dice(*truth["fp32"]), _dice(*truth["int8"])
+        d32, d8 = pooled_dice(*truth["fp32"]), pooled_dice(*truth["int8"])
         result.update(dice_fp32=d32, dice_int8=d8, dice_drop=max(d32[c] - d8[c] for c in d32 if c != "0"))
     if labels is not None and fp32_outputs[0].ndim == 2:
         c32, c8 = _classification(fp32_outputs, labels), _classification(int8_outputs, labels)
