@@ -48,6 +48,17 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def ort_session(path: str, options=None, providers: Optional[Sequence[str]] = None):
+    """An ONNX Runtime session that runs a model as written: with ``WeightBiasQuantization`` disabled (from ONNX
+    Runtime 1.2x on, at every optimisation level, it quantizes the float weights of a Conv that sits between a
+    DequantizeLinear and a QuantizeLinear, i.e. exactly a layer that int8 quantization kept in fp32)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, options or ort.SessionOptions(), providers=list(providers or
+                                                                                     ["CPUExecutionProvider"]),
+                                disabled_optimizers=["WeightBiasQuantization"])
+
+
 class Predictor:
     """A network behind one runtime, callable as ``predictor(batch) -> torch.Tensor``.
 
@@ -165,7 +176,7 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(self._onnx(), options, providers=providers)
+        session = ort_session(self._onnx(), options, providers)
         name = session.get_inputs()[0].name
 
         def run(x):

@@ -20,6 +20,7 @@ Afterwards, measured and reported, never assumed:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -228,10 +229,9 @@ def _ov_int8_layers(ov_model, layers: Sequence[str]) -> List[str]:
 
 
 def _session(path: str):
-    import onnxruntime as ort
+    from ..runtime import ort_session
 
-    options = ort.SessionOptions()
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort_session(path)
 
 
 class _Runner:
@@ -341,17 +341,22 @@ def _error_score(fidelity: Dict[str, object]) -> float:
 
 # ---------------------------------------------------------------------------------------------------- backends
 def _quantize_ort(fp32_path: str, out_path: str, calibration: CalibrationSet, config: QuantizationConfig,
-                  exclude: Sequence[str], only: Optional[Sequence[str]] = None) -> str:
+                  exclude: Sequence[str], only: Optional[Sequence[str]] = None,
+                  calibration_cache: Optional[str] = None) -> str:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[config.method]
+    # calibration_cache: a file for the activation ranges (written by the first call, read by the next ones), so
+    # several node selections of one fp32 model are calibrated once; ONNX Runtime without the option recalibrates
+    ranges = ({"calibration_cache_path": calibration_cache} if calibration_cache is not None
+              and "calibration_cache_path" in inspect.signature(quantize_static).parameters else {})
     quantize_static(
         fp32_path, out_path, calibration.onnxruntime_reader(ONNX_INPUT),
         quant_format=QuantFormat.QDQ, per_channel=config.per_channel, activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
         nodes_to_quantize=list(only) if only is not None else None,
-        extra_options={"CalibMovingAverage": False},
+        extra_options={"CalibMovingAverage": False}, **ranges,
     )
     return out_path
 
@@ -377,10 +382,11 @@ def _quantize_ov(fp32_path: str, out_path: str, calibration: CalibrationSet, con
 
 def _run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: CalibrationSet, config: QuantizationConfig,
                  layers: Sequence[str], exclude: Sequence[str], only: Optional[Sequence[str]] = None,
-                 tag: str = "") -> str:
+                 tag: str = "", calibration_cache: Optional[str] = None) -> str:
     name = f"model_int8{tag}"
-    if backend == "onnxruntime":
-        return _quantize_ort(fp32_onnx, os.path.join(out_dir, name + ".onnx"), calibration, config, exclude, only)
+    if backend == "onnxruntime":  # calibration_cache: see _quantize_ort (OpenVINO/NNCF collects statistics each time)
+        return _quantize_ort(fp32_onnx, os.path.join(out_dir, name + ".onnx"), calibration, config, exclude, only,
+                             calibration_cache)
     return _quantize_ov(fp32_onnx, os.path.join(out_dir, name + ".xml"), calibration, config, exclude, only, layers)
 
 
