@@ -14,7 +14,10 @@ in a private working copy. The result is a new bundle folder, written under a te
   calibration hash, params/MACs/size before -> after, measured latency ratio of the bundle's whole inferer and of
   one network call, the evaluator's metrics and per-class metrics before -> after) and the sha256 of every model
   file;
-* ``docs/README.md``: the same in words.
+* ``docs/fidelity_card.json`` / ``docs/fidelity_card.md``: the :class:`~monai_prune.fidelity.FidelityCard` (per-class
+  before -> after, cost, backend agreement, worst cases, guardrails held or broken; its first line says PASS,
+  DEGRADED or UNGUARDED), also under ``fidelity_card`` in the metadata's ``compression`` section;
+* ``docs/README.md``: the same in words, the card included.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, GuardrailError, InputError
-from .fidelity import check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails, worst_cases
+from .fidelity import (FidelityCard, check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails,
+                       worst_cases)
 from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -279,7 +283,7 @@ def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
              "write models/model.ts (+ metadata/inference under extra/), model.pt, plan.json, model.onnx"
              + (f", int8 ({int8})" if int8 else ""),
              "write configs/inference.json (network from model.ts), metadata.json (new version, compression "
-             "section, sha256), docs/README.md",
+             "section, sha256), docs/fidelity_card.json + .md, docs/README.md",
              f"rename the finished folder to {out}"]
     return steps
 
@@ -290,7 +294,8 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
                     calibration_samples: int = 8, target_device: str = "cpu", dry_run: bool = False,
                     repeats: int = 5, input_shape: Optional[List[int]] = None,
                     allow_degraded: bool = False) -> Dict[str, Any]:
-    """Compress bundle ``src`` with ``recipe`` into a new bundle at ``out``; returns the compression summary.
+    """Compress bundle ``src`` with ``recipe`` into a new bundle at ``out``; returns the compression summary (the
+    metadata's ``compression`` section) with the :class:`~monai_prune.fidelity.FidelityCard` under ``"card"``.
 
     Args:
         src: the source bundle folder (read only).
@@ -306,7 +311,8 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
             (default: ``network_data_format`` inputs.image in the metadata); also ``prune#input_shape``.
         allow_degraded: write the bundle even when it breaks the recipe's ``guardrails`` (per-class floors and
             budgets, :func:`monai_prune.fidelity.check_guardrails`; ``guardrails#<name>`` overrides); its README
-            then says DEGRADED in its first line. Without it such a bundle raises :class:`GuardrailError`.
+            and fidelity card then say DEGRADED in their first line. Without it such a bundle raises
+            :class:`GuardrailError`.
     """
     src, out = os.path.abspath(src), os.path.abspath(out)
     overrides = dict(overrides or {})
@@ -490,6 +496,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     metadata["changelog"] = {version: summary_line, **metadata.get("changelog", {})}
     name = str(metadata.get("name", os.path.basename(src)))
     metadata["name"] = name if "compressed" in name.lower() else f"{name} (compressed)"
+    card = FidelityCard.from_compression(compression, title=f"{metadata['name']} {version}")
+    compression["fidelity_card"] = card.to_dict()
     metadata["compression"] = compression
     inference = _inference_config(src, overrides)
     export_torchscript(network.cpu(), x.cpu(), os.path.join(models, "model.ts"),
@@ -501,78 +509,30 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     os.makedirs(os.path.join(staging, "docs"), exist_ok=True)
     if os.path.isfile(os.path.join(staging, "docs", "README.md")):
         os.replace(os.path.join(staging, "docs", "README.md"), os.path.join(staging, "docs", "README_dense.md"))
-    atomic_write_text(os.path.join(staging, "docs", "README.md"), _readme(metadata, src, out, onnx.path))
-    return compression
+    card.to_json(os.path.join(staging, "docs", "fidelity_card.json"))
+    atomic_write_text(os.path.join(staging, "docs", "fidelity_card.md"), card.to_markdown())
+    atomic_write_text(os.path.join(staging, "docs", "README.md"), _readme(metadata, card, src, out, onnx.path))
+    logger.info("fidelity card: %s", card.headline())
+    return {**compression, "card": card}
 
 
-def _fmt(value: Optional[float], spec: str = "{:.4f}") -> str:
-    return "n/a" if value is None else spec.format(value)
-
-
-def _readme(metadata: Dict[str, Any], src: str, out: str, onnx_path: str) -> str:
-    from .report import markdown_table
-
+def _readme(metadata: Dict[str, Any], card: FidelityCard, src: str, out: str, onnx_path: str) -> str:
+    """The new bundle's ``docs/README.md``: what it is, its fidelity card (measured before -> after, guardrails), its
+    files and how to run it. A degraded bundle's README starts with the card's headline."""
     c = metadata["compression"]
-    rows = [["parameters", f"{c['params']['before']:,}", f"{c['params']['after']:,}",
-             f"{c['params']['after'] / c['params']['before']:.3f}"],
-            ["MACs per input", f"{c['macs']['before'] / 1e9:.3f} G", f"{c['macs']['after'] / 1e9:.3f} G",
-             f"{c['macs']['after'] / c['macs']['before']:.3f}"],
-            ["weights size", f"{c['size_bytes']['before'] / 1e6:.2f} MB", f"{c['size_bytes']['after'] / 1e6:.2f} MB",
-             f"{c['size_bytes']['after'] / c['size_bytes']['before']:.3f}"],
-            [f"latency of the bundle's inferer ({c['latency_s']['inferer']}, {c['latency_s']['device']}, one "
-             f"validation image {tuple(c['latency_s']['input_shape'])})",
-             f"{c['latency_s']['before']:.4f} s", f"{c['latency_s']['after']:.4f} s",
-             f"{c['latency_s']['ratio']:.2f}x faster"],
-            [f"latency of one network call ({c['network_latency_s']['device']}, "
-             f"{tuple(c['network_latency_s']['input_shape'])})",
-             f"{c['network_latency_s']['before']:.4f} s", f"{c['network_latency_s']['after']:.4f} s",
-             f"{c['network_latency_s']['ratio']:.2f}x faster"]]
-    for name, values in c["metrics"].items():
-        delta = values["after"] - values["before"] if values["after"] is not None else float("nan")
-        rows.append([f"{name} (validation)", f"{values['before']:.4f}", f"{values['after']:.4f}", f"{delta:+.4f}"])
-    if "ece" in c:
-        rows.append(["expected calibration error (validation; lower is better)", _fmt(c["ece"]["before"]),
-                     _fmt(c["ece"]["after"]), _fmt(c["ece"]["after"] - c["ece"]["before"], "{:+.4f}")])
-    units = c.get("units", {})
-    for name, metrics in c["per_class"].items():
-        for metric, values in metrics.items():
-            if metric.startswith("hd95") and units.get("hd95"):
-                metric = f"HD95 ({units['hd95']})"
-            elif metric.startswith("volume_error_ml") and units.get("volume"):
-                metric = f"volume error ({units['volume']})"
-            rows.append([f"{metric}, class {name!r} (validation, {c['validation_cases']} cases)", _fmt(values["before"]),
-                         _fmt(values["after"]), _fmt(values["delta"], "{:+.4f}")])
     int8 = c.get("int8")
-    guard = c.get("guardrails", {})
-    degraded = (["**DEGRADED: this model breaks the guardrails its recipe declared, and was written only because "
-                 "of --allow-degraded: " + "; ".join(guard["broken"]) + ".**", ""] if guard.get("broken") else [])
-    lines = degraded + [
+    lines = [f"**{card.headline()}**", ""] if card.status in ("DEGRADED", "FAIL") else []
+    lines += [
         f"# {metadata['name']}", "",
         f"Version {metadata['version']}: {metadata['changelog'][metadata['version']]}.", "",
         f"This bundle was made from `{os.path.basename(src)}` by `monai-prune compress-bundle` with the recipe "
         f"`{c['recipe']}` ({c['epochs']} fine-tuning epochs with the source bundle's own trainer and data). "
         "Only the network changed: preprocessing, inferer and postprocessing are the source bundle's.", "",
-        "## What was measured (before = the source's dense model, after = this bundle's model)", "",
-        markdown_table(["", "before", "after", "after / before"], rows), "",
-        "Metrics come from the source bundle's own validation evaluator (`validate#evaluator`: its data, inferer "
-        "and postprocessing) on its validation data; per-class values are monai-prune's from the same outputs "
-        "(segmentation: Dice per class averaged over cases; classification: sensitivity and one-vs-rest AUC per "
-        "class; n/a where undefined, e.g. a class absent from the data). Check them on your own held-out data "
-        "before clinical use.", "",
+        "## Fidelity card: what was measured (before = the source's dense model, after = this bundle's model)", "",
+        card.to_markdown(heading_level=3),
+        "The card is also in `docs/fidelity_card.md`, `docs/fidelity_card.json` "
+        "(`monai_prune.fidelity.FidelityCard.load`) and `configs/metadata.json` (`compression.fidelity_card`).", "",
     ]
-    if c.get("backend_agreement"):
-        lines += ["The same compressed model through each runtime vs PyTorch, with the bundle's inferer on validation "
-                  "images: " + "; ".join(f"{b}: argmax agreement {v['argmax_agreement']:.5f}, max |diff| "
-                                         f"{v['max_abs_diff']:.2g}" for b, v in c["backend_agreement"].items()) + ".",
-                  ""]
-    if c.get("worst_cases"):
-        lines += ["Validation cases whose mean foreground Dice fell most (by position in the validation list): "
-                  + "; ".join(f"case {w['case']}: {w['dice_before']:.4f} -> {w['dice_after']:.4f}"
-                              for w in c["worst_cases"]) + ".", ""]
-    if guard.get("declared"):
-        declared = ", ".join(f"{k} {json.dumps(v)}" for k, v in guard["declared"].items())
-        lines += [f"Guardrails declared by the recipe: {declared}. "
-                  + ("Broken: " + "; ".join(guard["broken"]) + "." if guard["broken"] else "All hold."), ""]
     if int8:
         lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, argmax "
                   f"agreement with fp32 {int8['agreement_vs_fp32']:.4f}, {int8['speedup_vs_fp32']:.2f}x vs its fp32. "

@@ -18,6 +18,7 @@ import monai_prune as mp
 from monai_prune.bundle import list_recipes, verify_model_files
 from monai_prune.cli import main
 from monai_prune.errors import InputError
+from monai_prune.fidelity import FidelityCard
 from monai_prune.pruning import PruningPlan
 from bundle_fixture import ROI, write_bundle
 
@@ -115,10 +116,18 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     assert c["plan_checksum"] == PruningPlan.load(os.path.join(models, "plan.json")).checksum
     assert set(verify_model_files(out)) == set(os.listdir(models))
     readme = open(os.path.join(out, "docs", "README.md")).read()
-    assert "MACs per input" in readme and "val_mean_dice" in readme and "dice, class 'spleen'" in readme
-    assert "SlidingWindowInferer" in readme and "HD95 (mm), class 'spleen'" in readme
+    assert "MACs per input" in readme and "val_mean_dice" in readme and "| spleen | Dice |" in readme
+    assert "SlidingWindowInferer" in readme and "| spleen | HD95 (mm) |" in readme
+    # the fidelity card: docs/fidelity_card.json (= metadata's), .md (= README's section, printed by the CLI)
+    card = FidelityCard.load(os.path.join(out, "docs", "fidelity_card.json"))
+    card_md = open(os.path.join(out, "docs", "fidelity_card.md")).read()
+    assert card.to_dict() == c["fidelity_card"] and card.status == "UNGUARDED" and card.cases == 2
+    assert card.headline().startswith("UNGUARDED: no guardrails declared; worst class Δ Dice")
+    assert f"{c['per_class']['spleen']['dice']['delta']:+.4f} (spleen" in card.headline()
+    assert card_md == card.to_markdown() and card.to_markdown(heading_level=3) in readme
+    assert card_md in done.stdout and readme.startswith("# ")  # only a degraded README starts with the headline
     # nothing identifying: no data file names in what we wrote
-    for text in (json.dumps(metadata), readme):
+    for text in (json.dumps(metadata), readme, card_md):
         assert "ct_0" not in text and "/data" not in text
 
     # model.ts carries metadata and inference config as ckpt_export does; plan + weights_only state give the same net
@@ -203,10 +212,19 @@ def test_guardrails_refuse_a_degraded_bundle_unless_allowed_and_then_say_so(trai
     assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
     assert main(args + ["--allow-degraded"]) == 0
-    assert "DEGRADED" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     readme = open(os.path.join(out, "docs", "README.md")).read()
     assert readme.startswith("**DEGRADED") and "class 'spleen'" in readme.splitlines()[0]
     metadata = json.load(open(os.path.join(out, "configs", "metadata.json")))
+    card = FidelityCard.load(os.path.join(out, "docs", "fidelity_card.json"))
+    assert card.status == "DEGRADED" and card.allowed_degraded
+    assert card.to_dict() == metadata["compression"]["fidelity_card"]
+    assert readme.splitlines()[0] == f"**{card.headline()}**" and f"**{card.headline()}**" in printed
+    assert card.headline().startswith("DEGRADED: 1 guardrail broken — class 'spleen': Dice")
+    assert "(written with --allow-degraded)" in card.headline() and "worst class Δ Dice" in card.headline()
+    card_md = open(os.path.join(out, "docs", "fidelity_card.md")).read()
+    assert '| min_dice | {"spleen": 0.999} | broken |' in card_md and "| target_macs | 0.9 | held |" in card_md
+    assert card_md.splitlines()[0] == readme.splitlines()[0]
     guard = metadata["compression"]["guardrails"]
     assert guard["allowed_degraded"] and guard["declared"] == {"min_dice": {"spleen": 0.999}, "target_macs": 0.9}
     assert len(guard["broken"]) == 1  # the MACs budget holds (0.7 of the channels pruned)

@@ -1,5 +1,6 @@
 """Per-class fidelity metrics against hand computations: a mean that holds must not hide a class that collapses."""
 
+import json
 import math
 
 import pytest
@@ -186,3 +187,158 @@ def test_backend_agreement_passes_the_same_model_and_catches_a_diverged_runtime(
     stale = export_onnx(other, inputs[0], str(tmp_path / "stale.onnx")).path
     diverged = backend_agreement(net, inputs, inferer, onnx_path=stale, backends=["onnxruntime"])
     assert diverged["onnxruntime"]["argmax_agreement"] < 0.9 and diverged["onnxruntime"]["max_abs_diff"] > 0.01
+
+
+# ---------------------------------------------------------------------------------------------------- the card
+def _seg_measurements():
+    """Dense and compressed per-class metrics of two cases, computed (not written down): the liver loses a slab,
+    the small lesion loses more, and a 'cyst' class never occurs (nan before and after)."""
+    names = ["background", "liver", "lesion", "cyst"]
+    before, after = PerClassMetrics(names), PerClassMetrics(names)
+    for shift in (0, 1):
+        label = torch.zeros(16, 16, 16, dtype=torch.long)
+        label[2 + shift:10, 2:10, 2:10] = 1
+        label[11:15, 11:15, 11:15] = 2
+        dense = label.clone()
+        dense[2 + shift:10, 2:10, 2:3] = 0  # the dense model is not perfect either
+        compressed = dense.clone()
+        compressed[2 + shift:10, 2:10, 3:4] = 0
+        compressed[11:15, 11:15, 11:13] = 0
+        before.update(_onehot(dense, 4), label[None].float())
+        after.update(_onehot(compressed, 4), label[None].float())
+    return before.compute(), after.compute()
+
+
+def _compression(guardrails=None, allow=False):
+    """A compress-bundle ``compression`` section from real measurements."""
+    from monai_prune.fidelity import worst_cases
+
+    b, a = _seg_measurements()
+    section = {"recipe": "channel_pruning", "epochs": 2, "per_class": compare_per_class(b, a),
+               "validation_cases": b["cases"], "units": b["units"], "worst_cases": worst_cases(b, a),
+               "metrics": {"val_mean_dice": {"before": 0.9, "after": 0.8}},
+               "params": {"before": 1000, "after": 400}, "macs": {"before": 2.0e9, "after": 0.6e9},
+               "size_bytes": {"before": 4000, "after": 1600},
+               "latency_s": {"before": 0.2, "after": 0.1, "inferer": "SlidingWindowInferer", "device": "cpu",
+                             "input_shape": [1, 1, 16, 16, 16], "what": "the bundle's validate#inferer"}}
+    if guardrails is not None:
+        broken = check_guardrails(guardrails, section)
+        section["guardrails"] = {"declared": guardrails, "broken": broken, "allowed_degraded": bool(broken and allow)}
+    return section
+
+
+def _worst(section):
+    """The foreground class whose Dice fell most, from the measured table."""
+    rows = {n: m["dice"] for n, m in section["per_class"].items() if not math.isnan(m["dice"]["before"])}
+    name = min(rows, key=lambda n: rows[n]["delta"])
+    return name, rows[name]["delta"]
+
+
+def test_card_headline_names_status_worst_class_and_its_measured_delta():
+    from monai_prune.fidelity import FidelityCard
+
+    unguarded = _compression()
+    name, delta = _worst(unguarded)
+    assert name == "lesion" and delta < unguarded["per_class"]["liver"]["dice"]["delta"] < 0  # both lost, lesion most
+    card = FidelityCard.from_compression(unguarded, title="tiny")
+    assert card.status == "UNGUARDED" and card.task == "segmentation" and card.cases == 2
+    assert card.headline().startswith("UNGUARDED: no guardrails declared; worst class Δ Dice")
+    assert f"Δ Dice {delta:+.4f} (lesion" in card.headline()
+    assert card.worst_class()["class"] == "lesion" and card.worst_class()["delta"] == pytest.approx(delta)
+
+    held = FidelityCard.from_compression(_compression({"max_delta_dice": 0.9, "target_macs": 0.5}))
+    assert held.status == "PASS" and held.broken == []
+    assert held.headline().startswith("PASS: all 2 guardrails held (max_delta_dice 0.9, target_macs 0.5); ")
+    assert f"worst class Δ Dice {delta:+.4f} (lesion" in held.headline()
+
+    limit = round(-delta / 2, 4)  # half the lesion's measured drop: broken for the lesion
+    section = _compression({"max_delta_dice": limit, "target_macs": 0.5}, allow=True)
+    degraded = FidelityCard.from_compression(section)
+    assert degraded.status == "DEGRADED" and len(degraded.broken) >= 1
+    headline = degraded.headline()
+    assert headline.startswith("DEGRADED: 1 guardrail broken — class 'lesion': dice fell from")
+    assert "(written with --allow-degraded)" in headline and f"Δ Dice {delta:+.4f} (lesion" in headline
+    assert "\n" not in headline
+    refused = FidelityCard.from_compression(_compression({"max_delta_dice": limit}, allow=False))
+    assert refused.status == "FAIL" and refused.headline().startswith("FAIL: 1 guardrail broken")
+
+
+def test_card_json_round_trip_and_nan_survives_as_none(tmp_path):
+    from monai_prune.fidelity import FidelityCard
+
+    section = _compression({"max_delta_dice": 0.01, "min_dice": {"liver": 0.5}}, allow=True)
+    assert math.isnan(section["per_class"]["cyst"]["dice"]["before"])  # never in the data: undefined
+    card = FidelityCard.from_compression(section, title="tiny 0.2.0")
+    assert card.per_class["cyst"]["dice"] == {"before": None, "after": None, "delta": None}
+    assert card.per_class["cyst"]["hd95"]["delta"] is None
+
+    path = card.to_json(str(tmp_path / "card.json"))
+    text = open(path).read()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert data["status"] == "DEGRADED" and data["headline"] == card.headline() and data == card.to_dict()
+    loaded = FidelityCard.load(path)
+    assert loaded == card and loaded.to_dict() == data and loaded.headline() == card.headline()
+    assert FidelityCard.from_dict(card.to_dict()) == card
+    assert loaded.per_class["lesion"]["dice"]["delta"] == pytest.approx(section["per_class"]["lesion"]["dice"]["delta"])
+
+    # built directly from a table holding nan: the card keeps None, its JSON stays strict
+    direct = FidelityCard(title="t", task="segmentation", per_class=section["per_class"])
+    assert direct.per_class["cyst"]["dice"]["before"] is None and direct == FidelityCard.from_dict(direct.to_dict())
+    with pytest.raises(InputError, match="needs"):
+        FidelityCard.from_dict({"title": "t"})
+    with pytest.raises(InputError, match="task"):
+        FidelityCard(title="t", task="detection", per_class={})
+    with pytest.raises(InputError, match="no fidelity card"):
+        FidelityCard.load(str(tmp_path / "missing.json"))
+    with pytest.raises(InputError, match="per_class"):
+        FidelityCard.from_compression({"recipe": "x"})
+
+
+def test_card_markdown_has_every_class_metric_and_guardrail_held_or_broken():
+    from monai_prune.fidelity import FidelityCard
+
+    section = _compression({"max_delta_dice": 0.01, "max_hd95_increase_mm": 1000, "target_macs": 0.5}, allow=True)
+    card = FidelityCard.from_compression(section)
+    md = card.to_markdown()
+    assert md.splitlines()[0] == f"**{card.headline()}**" and str(card) == md
+    for name, metrics in section["per_class"].items():
+        for metric, values in metrics.items():
+            label = card._metric_label(metric)
+            before = "n/a" if math.isnan(values["before"]) else f"{values['before']:.4f}"
+            after = "n/a" if math.isnan(values["after"]) else f"{values['after']:.4f}"
+            assert f"| {name} | {label} | {before} | {after} |" in md, (name, metric)
+    assert "| max_delta_dice | 0.01 | broken |" in md
+    assert "| max_hd95_increase_mm | 1000 | held |" in md and "| target_macs | 0.5 | held |" in md
+    assert "HD95 (voxels)" in md and "Written only because of --allow-degraded." in md
+    assert "| MACs per input | 2.000 G | 0.600 G | 0.300 |" in md and "(2.00x faster)" in md
+    assert "| weights size | 4.000 kB | 1.600 kB | 0.400 |" in md and "| parameters | 1,000 | 400 | 0.400 |" in md
+    assert "SlidingWindowInferer, cpu" in md and "| val_mean_dice | 0.9000 | 0.8000 | -0.1000 |" in md
+    worst = section["worst_cases"][0]
+    assert f"| {worst['case']} | {worst['dice_before']:.4f} | {worst['dice_after']:.4f} |" in md
+    assert "None declared" in FidelityCard.from_compression(_compression()).to_markdown()
+    assert FidelityCard.from_compression(section).to_markdown(heading_level=3).count("\n### ") >= 4
+
+
+def test_classification_card_judges_classes_by_sensitivity():
+    from monai_prune.fidelity import FidelityCard
+
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.35, 0.65], [0.1, 0.9]])
+    labels = [0, 1, 1, 0, 1]
+    before, after = PerClassMetrics(["normal", "nodule"], skip=()), PerClassMetrics(["normal", "nodule"], skip=())
+    for s, y in zip(scores, labels):
+        before.update(s, torch.tensor([y]))
+        after.update(s.flip(0) if y == 1 and s[1] < 0.75 else s, torch.tensor([y]))  # one nodule now missed
+    b, a = before.compute(), after.compute()
+    table = compare_per_class(b, a)
+    card = FidelityCard(title="cls", task="classification", per_class=table,
+                        summary={"accuracy": {"before": b["accuracy"], "after": a["accuracy"]},
+                                 "ece": {"before": b["ece"], "after": a["ece"]}},
+                        guardrails={"max_delta_sensitivity": 0.05}, broken=check_guardrails(
+                            {"max_delta_sensitivity": 0.05}, {"per_class": table}), allowed_degraded=True)
+    assert table["nodule"]["sensitivity"]["delta"] < 0 and card.status == "DEGRADED"
+    # the headline names the larger drop of sensitivity and AUC over the classes
+    pairs = [(n, k) for n in table for k in ("sensitivity", "auc")]
+    name, metric = min(pairs, key=lambda p: table[p[0]][p[1]]["delta"])
+    delta = table[name][metric]["delta"]
+    assert f"worst class Δ {'AUC' if metric == 'auc' else metric} {delta:+.4f} ({name}:" in card.headline()
+    assert "expected calibration error" in card.to_markdown() and "| nodule | AUC |" in card.to_markdown()
