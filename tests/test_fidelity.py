@@ -229,7 +229,7 @@ def _compression(guardrails=None, allow=False):
 
 def _worst(section):
     """The foreground class whose Dice fell most, from the measured table."""
-    rows = {n: m["dice"] for n, m in section["per_class"].items() if not math.isnan(m["dice"]["before"])}
+    rows = {n: m["dice"] for n, m in section["per_class"].items() if m["dice"]["before"] is not None}
     name = min(rows, key=lambda n: rows[n]["delta"])
     return name, rows[name]["delta"]
 
@@ -267,7 +267,7 @@ def test_card_json_round_trip_and_nan_survives_as_none(tmp_path):
     from monai_prune.fidelity import FidelityCard
 
     section = _compression({"max_delta_dice": 0.01, "min_dice": {"liver": 0.5}}, allow=True)
-    assert math.isnan(section["per_class"]["cyst"]["dice"]["before"])  # never in the data: undefined
+    assert section["per_class"]["cyst"]["dice"]["before"] is None  # never in the data: undefined
     card = FidelityCard.from_compression(section, title="tiny 0.2.0")
     assert card.per_class["cyst"]["dice"] == {"before": None, "after": None, "delta": None}
     assert card.per_class["cyst"]["hd95"]["delta"] is None
@@ -304,8 +304,8 @@ def test_card_markdown_has_every_class_metric_and_guardrail_held_or_broken():
     for name, metrics in section["per_class"].items():
         for metric, values in metrics.items():
             label = card._metric_label(metric)
-            before = "n/a" if math.isnan(values["before"]) else f"{values['before']:.4f}"
-            after = "n/a" if math.isnan(values["after"]) else f"{values['after']:.4f}"
+            before = "n/a" if values["before"] is None else f"{values['before']:.4f}"
+            after = "n/a" if values["after"] is None else f"{values['after']:.4f}"
             assert f"| {name} | {label} | {before} | {after} |" in md, (name, metric)
     assert "| max_delta_dice | 0.01 | broken |" in md
     assert "| max_hd95_increase_mm | 1000 | held |" in md and "| target_macs | 0.5 | held |" in md
