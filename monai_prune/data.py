@@ -75,3 +75,43 @@ def ct_transforms(roi: Sequence[int], train: bool, num_samples: int = 2):
         steps.append(T.RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=list(roi),
                                               pos=1, neg=1, num_samples=num_samples, image_key="image"))
     return T.Compose(steps)
+
+
+MULTICLASS_NAMES = ["background", "organ", "lesion"]
+
+
+def synthetic_multiclass(count: int, size: int = 64, spatial_dims: int = 2, seed: int = 0, noise: float = 0.25,
+                         lesion_contrast: float = 0.4, lesions: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A 3-class segmentation task whose classes differ in size and contrast: ``MULTICLASS_NAMES`` by label index.
+
+    Every image holds one large, bright "organ" (label 1: an ellipse, or ellipsoid when ``spatial_dims=3``, of
+    semi-axes ``size/4`` +-20% near the centre, intensity 1 over a background of 0) and ``lesions`` small
+    hypodense "lesions" inside it (label 2: discs/balls of radius 3-5 voxels, intensity ``1 - lesion_contrast``,
+    drawn over the organ), plus Gaussian noise of standard deviation ``noise`` everywhere. The organ is easy (large,
+    contrast 1); a lesion is a few dozen voxels at a contrast-to-noise ratio of 1.6, so its Dice is the one a
+    weaker network loses first. Numpy only, reproducible by ``seed``.
+
+    Returns ``(images, labels)``: ``(count, 1, *[size] * spatial_dims)`` float32 and int64 class indices.
+    """
+    rng = np.random.RandomState(seed)
+    shape = (size,) * spatial_dims
+    column = (-1,) + (1,) * spatial_dims
+    grid = np.stack(np.meshgrid(*[np.arange(size, dtype=np.float32)] * spatial_dims, indexing="ij"))
+    images, labels = [], []
+    for _ in range(count):
+        radii = size / 4 * rng.uniform(0.8, 1.2, spatial_dims)
+        centre = size / 2 + rng.uniform(-size / 8, size / 8, spatial_dims)
+        d = np.sqrt((((grid - centre.reshape(column)) / radii.reshape(column)) ** 2).sum(0))  # 1 on the organ's rim
+        label = np.where(d <= 1.0, 1, 0).astype(np.int64)
+        image = label.astype(np.float32)
+        for _ in range(lesions):
+            r = rng.uniform(3.0, 5.0)
+            inside = np.argwhere(d <= 1.0 - (r + 2.0) / radii.min())  # lesion centres that keep it inside the organ
+            c = inside[rng.randint(len(inside))] if len(inside) else np.round(centre)
+            lesion = ((grid - c.astype(np.float32).reshape(column)) ** 2).sum(0) <= r * r
+            label[lesion] = 2
+            image[lesion] = 1.0 - lesion_contrast
+        image += rng.normal(0.0, noise, shape).astype(np.float32)
+        images.append(image[None])
+        labels.append(label[None])
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))

@@ -81,9 +81,10 @@ class SearchConfig:
             ``max_delta_dice``/``max_delta_auc``, else 0.02).
         importance: channel importance for pruning (``"l1"``, ``"l2"``, ``"bn_scale"``, ...).
         seed: seed of pruning tie-breaks.
-        confirm_top, confirm_rounds: the fastest passing candidate of each (backend, precision), at most
-            ``confirm_top`` of them, is timed again right after the dense model in ``confirm_rounds`` rounds, and the
-            choice is made among them on the median paired speed-up (0 rounds: the screening timings decide).
+        confirm_top, confirm_rounds: per (backend, precision) the fastest passing candidate at screening and the
+            passing one with the fewest MACs (at most ``confirm_top`` in all, fastest first) are timed again, each
+            right after the dense model, in ``confirm_rounds`` rounds; the choice is made among them on the median
+            paired speed-up (0 rounds: the screening timings decide).
     """
 
     ratios: Sequence[float] = (0.25, 0.5, 0.625, 0.75)
@@ -97,7 +98,7 @@ class SearchConfig:
     sensitivity_max_delta: Optional[float] = None
     importance: str = "l1"
     seed: int = 0
-    confirm_top: int = 4
+    confirm_top: int = 6
     confirm_rounds: int = 3
 
     def validate(self) -> None:
@@ -551,10 +552,14 @@ class _Run:
         import statistics
 
         rounds, top = self.config.confirm_rounds, self.config.confirm_top
-        best: Dict[tuple, Dict[str, Any]] = {}  # the fastest passing candidate per (backend, precision)
-        for row in sorted((r for r in self.rows() if r["passes"]), key=lambda r: -r["speedup"]):
-            best.setdefault((row["backend"], row["precision"]), row)
-        finalists = sorted(best.values(), key=lambda r: -r["speedup"])[:top]
+        passing = [r for r in self.rows() if r["passes"]]
+        groups = {(r["backend"], r["precision"]) for r in passing}
+        picked: Dict[str, Dict[str, Any]] = {}  # per (backend, precision): the fastest at screening, the fewest MACs
+        for group in groups:
+            members = [r for r in passing if (r["backend"], r["precision"]) == group]
+            for row in (max(members, key=lambda r: r["speedup"]), min(members, key=lambda r: r["macs_ratio"])):
+                picked[row["key"]] = row
+        finalists = sorted(picked.values(), key=lambda r: -r["speedup"])[:top]
         if not finalists or rounds < 1:
             return
         key = "confirm:" + ",".join(sorted(r["key"] for r in finalists)) + f":{rounds}"
