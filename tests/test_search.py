@@ -13,7 +13,7 @@ from monai_prune.errors import ConfigError, InputError
 from monai_prune.report import write_search_report
 from monai_prune.search import SearchConfig, SearchError, search
 from monai_prune.fidelity import PerClassMetrics
-from multiclass import NAMES, X, finetune_kd, make_multiclass_data, small_unet, train
+from multiclass import NAMES, X, dense_model, finetune_kd, small_unet, train
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,7 @@ def task():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same numbers on any machine, and no oversubscription stalls on a busy one
     try:
-        x, y, vx, vy = make_multiclass_data(seed=0)
-        dense = train(small_unet(), x, y, seed=0)
+        dense, (x, y, vx, vy) = dense_model(0)  # seeded, shared with test_guardrails_multiclass (not modified)
         yield dense, x, y, vx, vy
     finally:
         torch.set_num_threads(threads)
