@@ -454,11 +454,13 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
            else {}),
         "calibration_sha256": None,
     }
-    from .fidelity import backend_agreement
+    from .fidelity import backend_agreement, prediction_agreement
 
     inputs = [torch.as_tensor(dataset[i]["image"])[None].float() for i in range(min(2, len(dataset)))]
     compression["backend_agreement"] = backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx.path)
+    compression["agreement_vs_dense"] = prediction_agreement(dense.cpu().eval(), network, inputs, inferer)
     network.to(device)
+    dense.to(device)
     broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
     compression["guardrails"] = {"declared": info["guardrails"], "broken": broken,
                                  "allowed_degraded": bool(broken and info["allow_degraded"])}

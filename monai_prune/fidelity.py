@@ -397,22 +397,56 @@ def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optio
     result: Dict[str, Any] = {}
     for backend in wanted:
         predictor = Predictor(onnx_path or model, example_input=example, backend=backend)
-        agree = total = 0
-        max_abs = 0.0
-        inter: Dict[int, float] = {}
-        sums: Dict[int, float] = {}
-        for x, ref in zip(inputs, reference):
-            out = run(inputs=x, network=predictor).float().cpu()
-            max_abs = max(max_abs, float((out - ref).abs().max()))
-            a, b = out.argmax(1), ref.argmax(1)
-            agree += int((a == b).sum())
-            total += a.numel()
-            if ref.ndim > 2:
-                dice_counts(a, b, ref.shape[1], inter, sums)
-        result[backend] = {"argmax_agreement": agree / total, "max_abs_diff": max_abs,
-                           "dice_vs_torch": pooled_dice(inter, sums)}
-        logger.info("%s vs torch: argmax agreement %.5f, max |diff| %.3g", backend, agree / total, max_abs)
+        with torch.no_grad():
+            outputs = [run(inputs=x, network=predictor).float().cpu() for x in inputs]
+        found = _agreement(outputs, reference)
+        result[backend] = {"argmax_agreement": found["argmax_agreement"], "max_abs_diff": found["max_abs_diff"],
+                           "dice_vs_torch": found["dice"]}
+        logger.info("%s vs torch: argmax agreement %.5f, max |diff| %.3g", backend, found["argmax_agreement"],
+                    found["max_abs_diff"])
     return result
+
+
+def _agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> Dict[str, Any]:
+    """Argmax agreement (voxel-wise for segmentation), max |difference| and per-channel Dice of the argmax maps
+    (segmentation only) of ``outputs`` against ``reference``, pooled over the pairs."""
+    agree = total = 0
+    max_abs = 0.0
+    inter: Dict[int, float] = {}
+    sums: Dict[int, float] = {}
+    for out, ref in zip(outputs, reference):
+        max_abs = max(max_abs, float((out - ref).abs().max()))
+        a, b = out.argmax(1), ref.argmax(1)
+        agree += int((a == b).sum())
+        total += a.numel()
+        if ref.ndim > 2:
+            dice_counts(a, b, ref.shape[1], inter, sums)
+    return {"argmax_agreement": agree / total, "max_abs_diff": max_abs, "dice": pooled_dice(inter, sums),
+            "elements": total}
+
+
+def agreement_note(agreement: Mapping[str, Any], inputs: str) -> str:
+    """One sentence for a card's notes from :func:`prediction_agreement` (``inputs`` says on what)."""
+    dice = ", ".join(f"{c}: {v:.4f}" for c, v in (agreement.get("dice") or {}).items())
+    return (f"against the dense model's own predictions on {inputs}: voxel-wise argmax agreement "
+            f"{agreement['argmax_agreement']:.5f} over {agreement['elements']} voxels"
+            + (f"; Dice between the two segmentations by channel {dice}" if dice else "")
+            + f"; max |output difference| {agreement['max_abs_diff']:.3g}.")
+
+
+def prediction_agreement(reference: Any, candidate: Any, inputs: Sequence[torch.Tensor],
+                         inferer: Optional[Callable] = None) -> Dict[str, Any]:
+    """How far a compressed model's predictions are from the dense model's, whatever the labels say: voxel-wise
+    argmax agreement, per-channel Dice between the two argmax maps and max |difference| of the outputs, over
+    ``inputs`` through ``inferer`` (e.g. the sliding-window inferer; called as ``inferer(inputs=x, network=m)``).
+    ``reference``/``candidate``: modules or :class:`~monai_prune.Predictor` s (e.g. the int8 model)."""
+    if not inputs:
+        raise InputError("prediction_agreement needs at least one input")
+    run = inferer or (lambda inputs, network: network(inputs))
+    with torch.no_grad():
+        reference_out = [run(inputs=x, network=reference).float().cpu() for x in inputs]
+        candidate_out = [run(inputs=x, network=candidate).float().cpu() for x in inputs]
+    return _agreement(candidate_out, reference_out)
 
 
 # ---------------------------------------------------------------------------------------------------- the card
@@ -626,6 +660,9 @@ class FidelityCard:
                      "values by monai-prune from the same outputs (segmentation: Dice per class averaged over cases; "
                      "classification: sensitivity and one-vs-rest AUC per class; n/a where undefined, e.g. a class "
                      "absent from the data). Check them on your own held-out data before clinical use.")
+        if compression.get("agreement_vs_dense"):
+            notes.append(agreement_note(compression["agreement_vs_dense"], "validation input(s) through the bundle's "
+                                                                           "inferer"))
         int8 = compression.get("int8")
         if int8:
             notes.append(f"int8 artifact models/{int8.get('file')} ({int8.get('backend')}): argmax agreement with the "

@@ -356,6 +356,7 @@ class _Run:
         self._dense: Optional[Dict[str, Any]] = None
         self.agreement_inputs: List[torch.Tensor] = [example]
         self.confirmed: Dict[str, Dict[str, float]] = {}
+        self.vs_dense: Optional[Dict[str, Any]] = None
         self.title = "search"
 
     # ---- measurement
@@ -636,6 +637,7 @@ class _Run:
                    "dense": dense, "candidates": rows, "chosen": chosen, "paths": paths}
         if result.card is not None:
             summary["card"] = result.card if isinstance(result.card, dict) else result.card.to_dict()
+            summary["agreement_vs_dense"] = self.vs_dense
         paths["candidates_md"] = atomic_write_text(os.path.join(self.out_dir, "candidates.md"),
                                                    candidates_table(dense, rows, chosen) + "\n")
         paths["search_json"] = atomic_write_text(os.path.join(self.out_dir, "search.json"),
@@ -652,7 +654,7 @@ class _Run:
 
     def _export_chosen(self, chosen: Dict[str, Any]) -> tuple:
         from .export import export_onnx
-        from .fidelity import backend_agreement
+        from .fidelity import backend_agreement, prediction_agreement
 
         folder = os.path.join(self.out_dir, "chosen")
         staging = folder + ".partial"
@@ -678,6 +680,7 @@ class _Run:
         others = [b for b in self.backends if b in ("onnxruntime", "openvino")]
         if others:
             agreement = backend_agreement(net, self.agreement_inputs, onnx_path=onnx, backends=others)
+        self.vs_dense = prediction_agreement(self.model, model, self.agreement_inputs)
         card = _card(self, chosen, agreement)
         card_dict = card if isinstance(card, dict) else card.to_dict()
         atomic_write_text(os.path.join(staging, "fidelity_card.json"), json.dumps(json_safe(card_dict), indent=1))
@@ -701,7 +704,11 @@ def _card(run: _Run, chosen: Mapping[str, Any], agreement: Optional[Dict[str, An
             "macs": comp["macs"], "params": {"before": dense["params"], "after": chosen["params"]},
             "size_bytes": {"before": dense["size_bytes"], "after": chosen["size_bytes"]},
             "backend_agreement": agreement, "guardrails": run.guardrails, "broken": chosen["broken"],
-            "cases": chosen["measured"].get("cases")}
+            "cases": chosen["measured"].get("cases"), "notes": []}
+    if run.vs_dense is not None:
+        from .fidelity import agreement_note
+
+        data["notes"].append(agreement_note(run.vs_dense, f"{len(run.agreement_inputs)} held-out input(s)"))
     try:
         from .fidelity import FidelityCard
     except ImportError:

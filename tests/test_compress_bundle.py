@@ -106,6 +106,8 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     assert set(c["per_class"]["spleen"]) == {"dice", "hd95", "volume_error_ml", "volume_error_pct"}
     assert c["units"] == {"hd95": "mm", "volume": "ml"} and c["per_class"]["spleen"]["hd95"]["before"] > 0
     assert c["backend_agreement"]["onnxruntime"]["argmax_agreement"] > 0.999  # the runtime serves the same model
+    vs_dense = c["agreement_vs_dense"]  # voxel-wise, compressed vs the dense model's own predictions
+    assert 0.5 < vs_dense["argmax_agreement"] <= 1 and vs_dense["elements"] > 0 and set(vs_dense["dice"]) == {"0", "1"}
     assert 1 <= len(c["worst_cases"]) <= 2 and {"case", "dice_before", "dice_after", "drop"} <= set(c["worst_cases"][0])
     for when in ("before", "after"):
         assert c["per_class"]["spleen"]["dice"][when] == pytest.approx(c["metrics"]["val_mean_dice"][when], abs=1e-4)

@@ -95,6 +95,11 @@ def test_grid_search_keeps_every_class_and_picks_the_most_compressed(task, tmp_p
     assert again["per_class"]["lesion"]["dice"] == pytest.approx(_dice(chosen, "lesion"), abs=1e-6)
     card = json.loads(open(os.path.join(result.paths["chosen"], "fidelity_card.json")).read())
     assert card["per_class"]["lesion"]["dice"]["after"] == pytest.approx(_dice(chosen, "lesion"), abs=1e-9)
+    vs_dense = json.loads(open(tmp_path / "search.json").read())["agreement_vs_dense"]
+    with torch.no_grad():  # voxel-wise agreement with the dense model's own predictions, recomputed here
+        expected = float((result.model(X).argmax(1) == task[0](X).argmax(1)).float().mean())
+    assert vs_dense["argmax_agreement"] == pytest.approx(expected, abs=1e-9) and vs_dense["elements"] == X[0, 0].numel()
+    assert "voxel-wise argmax agreement" in " ".join(card["notes"])
     summary = json.loads(open(tmp_path / "search.json").read())
     assert summary["status"] == "ok" and summary["chosen"]["key"] == chosen["key"]
     assert len(summary["candidates"]) == 3 and os.path.getsize(tmp_path / "pareto.png") > 10_000
