@@ -288,7 +288,7 @@ def _cmd_search(args) -> int:
         guardrails = {"max_delta_dice": 0.02}
         logging.getLogger(__name__).info("no guardrails given: max_delta_dice 0.02 (per class)")
     options = {k: getattr(args, k) for k in ("ratios", "strategy", "bisect_steps", "layer_modes", "precisions",
-                                              "backends", "objective") if getattr(args, k) is not None}
+                                              "backends", "objective", "int8_keep_fp32") if getattr(args, k) is not None}
     search_config = SearchConfig(**options)
     config = quick_search_config() if args.quick else SearchDemoConfig()
     if args.finetune_epochs is not None:
@@ -408,6 +408,8 @@ def make_parser() -> argparse.ArgumentParser:
     search.add_argument("--precision", dest="precisions", type=_csv(), help="fp32 and/or int8 (default both)")
     search.add_argument("--backends", type=_csv(), help="runtimes to time (default: every installed one)")
     search.add_argument("--objective", choices=["latency", "macs", "size"])
+    search.add_argument("--int8-keep-fp32", dest="int8_keep_fp32", choices=["none", "sensitivity"],
+                        help="sensitivity: keep fp32 the layers whose int8 alone costs more than the tolerance (slow)")
     search.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="distillation epochs per candidate")
     search.set_defaults(func=_cmd_search, precisions=["fp32", "int8"])
 

@@ -85,6 +85,10 @@ class SearchConfig:
             passing one with the fewest MACs (at most ``confirm_top`` in all, fastest first) are timed again, each
             right after the dense model, in ``confirm_rounds`` rounds; the choice is made among them on the median
             paired speed-up (0 rounds: the screening timings decide).
+        int8_keep_fp32: ``"none"``, or ``"sensitivity"``: before quantizing a candidate, quantize each of its layers
+            alone on the backend (:func:`~monai_prune.quantization.quantization_sensitivity`) and keep fp32 the
+            layers whose solo int8 costs the worst class more than ``sensitivity_max_delta`` (slow: one evaluation
+            per layer; cached).
     """
 
     ratios: Sequence[float] = (0.25, 0.5, 0.625, 0.75)
@@ -100,6 +104,7 @@ class SearchConfig:
     seed: int = 0
     confirm_top: int = 6
     confirm_rounds: int = 3
+    int8_keep_fp32: str = "none"
 
     def validate(self) -> None:
         from .runtime import BACKENDS
@@ -117,6 +122,8 @@ class SearchConfig:
             bad = [b for b in self.backends if b not in BACKENDS]
             if bad or not self.backends:
                 raise ConfigError(f"backends must be among {BACKENDS}, got {list(self.backends)}")
+        if self.int8_keep_fp32 not in ("none", "sensitivity"):
+            raise ConfigError(f"int8_keep_fp32 must be 'none' or 'sensitivity', got {self.int8_keep_fp32!r}")
         if self.strategy == "bisect" and not (isinstance(self.bisect_steps, int) and 1 <= self.bisect_steps <= 8):
             raise ConfigError(f"bisect_steps must be an integer in 1..8, got {self.bisect_steps!r}")
 
@@ -503,13 +510,18 @@ class _Run:
         from .errors import QuantizationError
         from .quantization import quantize
 
-        key = _key(ratio, mode, "int8", backend)
+        guided = self.config.int8_keep_fp32 == "sensitivity"
+        key = _key(ratio, mode, "int8-sens" if guided else "int8", backend)
         if self.log.get(key):
             return self.log.get(key)
         net = self.build(ratio, mode)
-        folder = os.path.join(self.out_dir, "candidates", _key(ratio, mode), f"int8_{backend}")
+        folder = os.path.join(self.out_dir, "candidates", _key(ratio, mode), f"int8_{backend}" + ("_sens" if guided
+                                                                                                   else ""))
+        keep: List[str] = []
+        if guided:
+            keep = self._int8_sensitive_layers(net, ratio, mode, backend)
         try:
-            result = quantize(net, self.calibration, backend=backend, out_dir=folder, repeats=1)
+            result = quantize(net, self.calibration, backend=backend, out_dir=folder, repeats=1, keep_fp32=keep)
         except QuantizationError as e:
             logger.warning("candidate %s: int8 failed: %s", key, e)
             return self.log.put({"kind": "failed", "key": key, "ratio": ratio, "mode": mode, "precision": "int8",
@@ -520,8 +532,28 @@ class _Run:
                              "backend": backend, "measured": measured, "latency_s": self._latency(predictor),
                              "macs": count_macs(net, self.example), "params": count_params(net),
                              "size_bytes": _artifact_bytes(result.path), "artifact": result.path,
-                             "fp32_layers": result.fp32_layers,
+                             "fp32_layers": result.fp32_layers, "kept_fp32_by_sensitivity": keep,
                              "example": _store_example(example, os.path.join(folder, "example.npz"))})
+
+    def _int8_sensitive_layers(self, net: nn.Module, ratio: float, mode: str, backend: str) -> List[str]:
+        """Layers whose int8 alone costs the worst class more than the tolerance (:func:`~monai_prune.quantization.
+        quantization_sensitivity` on this candidate and backend, cached), to keep fp32."""
+        from .quantization import quantization_sensitivity
+
+        name = f"quant_sensitivity_{_key(ratio, mode)}_{backend}"
+        result = quantization_sensitivity(net, self.calibration, lambda p: _flat_metrics(self._measure(p)[0]),
+                                          backend=backend, cache=os.path.join(self.out_dir, "quant_sensitivity_cache"
+                                                                                            ".json"),
+                                          evaluate_id=f"search:{self.log.fingerprint['setup']}")
+        result.to_json(os.path.join(self.out_dir, name + ".json"))
+        tolerance = self._tolerance()
+        try:
+            result.plot(os.path.join(self.out_dir, name + ".png"), metric="worst_class", max_delta=tolerance)
+        except Exception as e:  # a plot is a convenience; the table is the result
+            logger.warning("int8 sensitivity plot not written: %s", e)
+        keep = result.suggest_keep_fp32(tolerance, metric="worst_class")
+        logger.info("candidate %s on %s: int8 sensitivity keeps %s fp32", _key(ratio, mode), backend, keep or "nothing")
+        return keep
 
     # ---- decisions
     def compression(self, row: Mapping[str, Any]) -> Dict[str, Any]:

@@ -225,3 +225,23 @@ def test_bad_search_arguments_are_clear_errors(task, tmp_path):
     with pytest.raises(InputError, match="no search.json"):
         write_search_report(str(tmp_path / "nothing"))
     assert torch.is_tensor(X)
+
+
+def test_int8_with_sensitivity_keeps_the_layers_whose_int8_costs_most(task, tmp_path):
+    from monai_prune.quantization import QuantSensitivityResult, calibration_data
+
+    dense, x, y, vx, vy = task
+    config = SearchConfig(ratios=(0.25,), precisions=("fp32", "int8"), backends=["torch", "onnxruntime"],
+                          int8_keep_fp32="sensitivity", sensitivity_max_delta=0.005)
+    result, _ = _run(task, tmp_path, {"max_delta_dice": 0.2}, config, calibration=calibration_data(list(x[:8]), 8))
+    row = next(r for r in result.rows if r["precision"] == "int8")
+    assert row["key"] == "r0.2500-uniform-int8-sens-onnxruntime"
+    table = QuantSensitivityResult.load(tmp_path / "quant_sensitivity_r0.2500-uniform-fp32_onnxruntime.json")
+    expected = table.suggest_keep_fp32(0.005, metric="worst_class")  # the layers whose solo int8 costs > 0.005
+    assert row["kept_fp32_by_sensitivity"] == expected
+    assert len(table.layers) >= 8 and all(r["delta"] for r in table.table)  # every layer measured alone
+    if expected:  # what was kept is what quantize reports as fp32
+        assert all(any(name == e or name.startswith(e + ".") for name in row["fp32_layers"]) for e in expected)
+    assert os.path.getsize(tmp_path / "quant_sensitivity_r0.2500-uniform-fp32_onnxruntime.png") > 5_000
+    with pytest.raises(ConfigError, match="int8_keep_fp32"):
+        SearchConfig(int8_keep_fp32="always").validate()
