@@ -296,7 +296,7 @@ def _cmd_search(args) -> int:
     result = run_search_demo(args.out, guardrails, search_config, config)
     print(result.table())
     print()
-    print(result.card.to_markdown() if hasattr(result.card, "to_markdown") else json.dumps(result.card, indent=1))
+    print(result.card.to_markdown())
     print(f"chosen model: {result.paths['chosen']}; report: monai-prune report {args.out}")
     return 0
 

@@ -23,7 +23,6 @@ when ``evaluate`` returns an ``"example"`` slice, ``examples.npz`` for ``monai-p
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -38,11 +37,13 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, GuardrailError, InputError
-from .fidelity import check_guardrails, compare_per_class, json_safe, validate_guardrails
-from .measure import count_macs, count_params, file_size
+from .fidelity import (FidelityCard, agreement_note, check_guardrails, compare_per_class, json_safe,
+                       validate_guardrails)
+from .measure import count_macs, count_params, file_size, state_dict_bytes
 from .pruning import PruningPlan, apply_plan, prune_channels
 from .pruning.plan import architecture_signature
 from .report import markdown_table
+from .sensitivity import weights_digest
 from .utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -187,14 +188,6 @@ class SearchLog:
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def _digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _ratio_key(ratio: float) -> str:
     return f"{ratio:.4f}"
 
@@ -304,7 +297,7 @@ def search(
             raise ConfigError(f"precision int8 needs one of the int8 backends {QUANT_BACKENDS} among {backends}")
     model = copy.deepcopy(model).eval()
     os.makedirs(out_dir, exist_ok=True)
-    fingerprint = {"architecture": architecture_signature(model), "weights": _digest(model),
+    fingerprint = {"architecture": architecture_signature(model), "weights": weights_digest(model),
                    "input": list(example_input.shape), "setup": setup_id, "importance": config.importance,
                    "seed": config.seed, "sensitivity_ratios": sorted(float(r) for r in config.sensitivity_ratios),
                    "finetune": getattr(finetune, "__qualname__", None) if finetune is not None else None}
@@ -393,7 +386,7 @@ class _Run:
             seconds = {b: self._latency(self._predictor(self.model, b, folder)) for b in self.backends}
             record = self.log.put({"kind": "dense", "key": "dense", "measured": measured, "latency_s": seconds,
                                    "macs": count_macs(self.model, self.example), "params": count_params(self.model),
-                                   "size_bytes": _state_bytes(self.model),
+                                   "size_bytes": state_dict_bytes(self.model),
                                    "example": _store_example(example, os.path.join(folder, "example.npz"))})
         self._dense = record
         if record.get("example") is not None:
@@ -473,7 +466,7 @@ class _Run:
             measured, example = self._measure(net)
             example_path = _store_example(example, os.path.join(folder, "example.npz"))
         common = {"kind": "candidate", "ratio": ratio, "mode": mode, "precision": "fp32", "measured": measured,
-                  "macs": count_macs(net, self.example), "params": count_params(net), "size_bytes": _state_bytes(net),
+                  "macs": count_macs(net, self.example), "params": count_params(net), "size_bytes": state_dict_bytes(net),
                   "artifact": os.path.join(folder, "model.pt"), "example": example_path}
         rows = []
         for backend, key in zip(self.backends, keys):
@@ -668,7 +661,7 @@ class _Run:
                    "backends": self.backends, "fingerprint": self.log.fingerprint,
                    "dense": dense, "candidates": rows, "chosen": chosen, "paths": paths}
         if result.card is not None:
-            summary["card"] = result.card if isinstance(result.card, dict) else result.card.to_dict()
+            summary["card"] = result.card.to_dict()
             summary["agreement_vs_dense"] = self.vs_dense
         paths["candidates_md"] = atomic_write_text(os.path.join(self.out_dir, "candidates.md"),
                                                    candidates_table(dense, rows, chosen) + "\n")
@@ -714,9 +707,8 @@ class _Run:
             agreement = backend_agreement(net, self.agreement_inputs, onnx_path=onnx, backends=others)
         self.vs_dense = prediction_agreement(self.model, model, self.agreement_inputs)
         card = _card(self, chosen, agreement)
-        card_dict = card if isinstance(card, dict) else card.to_dict()
-        atomic_write_text(os.path.join(staging, "fidelity_card.json"), json.dumps(json_safe(card_dict), indent=1))
-        atomic_write_text(os.path.join(staging, "fidelity_card.md"), _card_markdown(card))
+        card.to_json(os.path.join(staging, "fidelity_card.json"))
+        atomic_write_text(os.path.join(staging, "fidelity_card.md"), card.to_markdown())
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
         paths = {"chosen": folder, "fidelity_card": os.path.join(folder, "fidelity_card.md")}
@@ -724,7 +716,7 @@ class _Run:
 
 
 def _card(run: _Run, chosen: Mapping[str, Any], agreement: Optional[Dict[str, Any]]):
-    """The chosen model's :class:`~monai_prune.fidelity.FidelityCard` (a dict when that class is not available)."""
+    """The chosen model's :class:`~monai_prune.fidelity.FidelityCard`."""
     comp = run.compression(chosen)
     dense = run._dense
     data = {"title": f"{run.title}: {chosen['key']}", "task": chosen["measured"].get("task", "segmentation"),
@@ -738,20 +730,8 @@ def _card(run: _Run, chosen: Mapping[str, Any], agreement: Optional[Dict[str, An
             "backend_agreement": agreement, "guardrails": run.guardrails, "broken": chosen["broken"],
             "cases": chosen["measured"].get("cases"), "notes": []}
     if run.vs_dense is not None:
-        from .fidelity import agreement_note
-
         data["notes"].append(agreement_note(run.vs_dense, f"{len(run.agreement_inputs)} held-out input(s)"))
-    try:
-        from .fidelity import FidelityCard
-    except ImportError:
-        return data
-    return FidelityCard(**{k: v for k, v in data.items() if k in FidelityCard.__dataclass_fields__})
-
-
-def _card_markdown(card) -> str:
-    if isinstance(card, dict):
-        return "```json\n" + json.dumps(json_safe(card), indent=1) + "\n```\n"
-    return card.to_markdown()
+    return FidelityCard(**data)
 
 
 def _artifact_bytes(path: str) -> int:
@@ -760,10 +740,6 @@ def _artifact_bytes(path: str) -> int:
     if path.endswith(".xml") and os.path.exists(path[:-4] + ".bin"):
         size += file_size(path[:-4] + ".bin")
     return size
-
-
-def _state_bytes(net: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
 
 
 def _store_example(example: Optional[Mapping[str, Any]], path: str) -> Optional[str]:

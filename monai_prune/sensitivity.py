@@ -19,7 +19,7 @@ import numbers
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -153,8 +153,32 @@ def _check_isolated(model: nn.Module, pruned: nn.Module, plan, layer: str) -> No
                            "the sensitivity of this network's groups cannot be measured one at a time")
 
 
+class JsonResult:
+    """JSON persistence shared by the sensitivity results (dataclasses): every field but ``evaluations`` is written,
+    ``_required`` must be present to load."""
+
+    _required: tuple = ()
+    _what = "result"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "evaluations"}
+
+    def to_json(self, path: str | os.PathLike) -> str:
+        """Write the result as JSON, atomically. Returns the path."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not set(cls._required) <= set(data):
+            raise InputError(f"{path} is not a {cls._what} written by {cls.__name__}.to_json")
+        names = [f.name for f in fields(cls) if f.name != "evaluations"]
+        return cls(**{k: data[k] for k in names if k in data})
+
+
 @dataclass
-class SensitivityResult:
+class SensitivityResult(JsonResult):
     """The measured table. ``table`` rows: ``layer``, ``ratio``, ``channels_before``, ``channels_kept``,
     ``macs_fraction``, ``params_fraction`` (of the dense network), ``metrics`` and ``delta`` (pruned − dense,
     negative = worse), and ``error`` (why pruning that cell failed; then metrics/delta are None)."""
@@ -166,20 +190,8 @@ class SensitivityResult:
     info: Dict[str, Any] = field(default_factory=dict)
     evaluations: int = 0  # evaluate calls this run made (0 when everything came from the cache)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "evaluations"}
-
-    def to_json(self, path: str | os.PathLike) -> str:
-        """Write the result as JSON, atomically. Returns the path."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "SensitivityResult":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or not {"dense", "ratios", "layers", "table"} <= set(data):
-            raise InputError(f"{path} is not a sensitivity result written by SensitivityResult.to_json")
-        return cls(**{k: data[k] for k in ("dense", "ratios", "layers", "table", "info") if k in data})
+    _required = ("dense", "ratios", "layers", "table")
+    _what = "sensitivity result"
 
     def _metric(self, metric: Optional[str]) -> str:
         if metric is None:

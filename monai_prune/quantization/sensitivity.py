@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 import logging
 import numbers
 import os
@@ -38,8 +37,8 @@ from ..measure import count_macs
 from ..pruning.plan import architecture_signature
 from ..report import markdown_table
 from ..runtime import Predictor
-from ..sensitivity import CACHE_FORMAT, _Cache, _evaluate_id, _numeric_metrics, weights_digest
-from ..utils import atomic_path, atomic_write_text, root_logging_for_others
+from ..sensitivity import CACHE_FORMAT, JsonResult, _Cache, _evaluate_id, _numeric_metrics, weights_digest
+from ..utils import atomic_path, root_logging_for_others
 from .calibration import CalibrationSet
 from .ptq import (QUANT_BACKENDS, QuantizationConfig, _available, _fp32_file, _int8_layers, _onnx_layers,
                   _resolve_layers, _run_backend)
@@ -52,7 +51,7 @@ EvaluatePredictor = Callable[[Any], Dict[str, float]]
 
 
 @dataclass
-class QuantSensitivityResult:
+class QuantSensitivityResult(JsonResult):
     """The measured table.
 
     ``table`` has one row per layer, in the network's order: ``layer`` (torch module name, or the name asked for),
@@ -70,21 +69,8 @@ class QuantSensitivityResult:
     info: Dict[str, Any] = field(default_factory=dict)
     evaluations: int = 0  # evaluate calls this run made (0 when everything came from the cache)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "evaluations"}
-
-    def to_json(self, path: str | os.PathLike) -> str:
-        """Write the result as JSON, atomically. Returns the path."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "QuantSensitivityResult":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or not {"fp32", "layers", "table", "all_int8", "backend"} <= set(data):
-            raise InputError(f"{path} is not a quantization sensitivity result written by "
-                             "QuantSensitivityResult.to_json")
-        return cls(**{k: data[k] for k in ("fp32", "layers", "table", "all_int8", "backend", "info") if k in data})
+    _required = ("fp32", "layers", "table", "all_int8", "backend")
+    _what = "quantization sensitivity result"
 
     def _metric(self, metric: Optional[str]) -> str:
         if metric is None:
