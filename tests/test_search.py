@@ -224,7 +224,6 @@ def test_bad_search_arguments_are_clear_errors(task, tmp_path):
                out_dir=str(tmp_path / "y"), config=SearchConfig(backends=["torch"]))
     with pytest.raises(InputError, match="no search.json"):
         write_search_report(str(tmp_path / "nothing"))
-    assert torch.is_tensor(X)
 
 
 def test_int8_with_sensitivity_keeps_the_layers_whose_int8_costs_most(task, tmp_path):
