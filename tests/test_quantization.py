@@ -134,6 +134,23 @@ def test_tolerance_drives_fp32_fallback_or_a_clear_failure(data, tmp_path):
                  max_delta={"max_abs_logit": 0.0}, max_fallback_layers=1)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_every_layer_kept_fp32_reproduces_fp32(data, tmp_path, backend):
+    """The fallback's limit: with every weighted layer kept, nothing around them (Add, Concat, PReLU, an unfolded
+    BatchNorm) stays quantized either, so the "int8" file computes what fp32 computes (issue 20)."""
+    cal, val = data
+    net = small_unet().eval()
+    layers = ["model.0", "model.1", "model.2"]  # whole blocks: every Conv/ConvTranspose of the UNet
+    kept = quantize(net, cal, backend=backend, out_dir=str(tmp_path), validation=val.samples, keep_fp32=layers)
+    assert kept.int8_layers == [] and len(kept.fp32_layers) == 18
+    assert kept.fidelity["max_abs_logit"] <= 1e-5 and kept.fidelity["agreement"] == 1.0
+    if backend == "onnxruntime":
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(kept.path).graph.node}
+        assert not ops & {"QuantizeLinear", "DequantizeLinear"}, ops
+
+
 def test_bad_quantization_config(data):
     cal, _ = data
     net = small_unet()

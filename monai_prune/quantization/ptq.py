@@ -369,21 +369,152 @@ def _quantize_ov(fp32_path: str, out_path: str, calibration: CalibrationSet, con
     except ImportError as e:
         raise BackendUnavailableError("int8 for OpenVINO needs openvino and nncf: pip install 'monai-prune[openvino]'") from e
     model = ov.convert_model(fp32_path)
+    _name_ov_layers_as_onnx(model, fp32_path, layers)
     excluded = set(exclude) | (set(layers) - set(only) if only is not None else set())
     excluded = {n for name in excluded for n in (name, f"{name}/WithoutBiases")}  # OpenVINO's name for a Conv
     scope = nncf.IgnoredScope(names=sorted(excluded), validate=False) if excluded else None
     kwargs = {"ignored_scope": scope} if scope else {}
     quantized = nncf.quantize(model, calibration.nncf_dataset(), subset_size=len(calibration),
                               preset=nncf.QuantizationPreset.MIXED, **kwargs)
+    _drop_fp32_activation_quantizers(quantized)
     xml = out_path if out_path.endswith(".xml") else out_path + ".xml"
     ov.save_model(quantized, xml, compress_to_fp16=False)
     return xml
+
+
+def _attached_to_excluded(fp32_onnx: str, layers: Sequence[str], exclude: Sequence[str]) -> List[str]:
+    """Unweighted nodes (Add, Concat, PRelu, an unfolded BatchNormalization ...) that serve only fp32 layers.
+
+    Both backends quantize the activations of unweighted nodes too, not only the weighted layers; excluding a Conv
+    alone leaves the Add/Concat/activation around it quantized, so with every layer "kept" the model was still far
+    from fp32 (issue 20). An unweighted node is excluded with its layers when every weighted layer it connects to
+    (the nearest ones upstream and downstream, through other unweighted nodes) is excluded; a node shared with an
+    int8 layer stays quantized, since the int8 layer reads or writes that tensor quantized anyway.
+    """
+    import onnx
+
+    excluded = set(exclude)
+    if not excluded:
+        return []
+    graph = onnx.load(fp32_onnx).graph
+    weighted = set(layers)
+    initializers = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: Dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def reach(node, step) -> set:
+        found, seen, todo = set(), {node.name}, list(step(node))
+        while todo:
+            nxt = todo.pop()
+            if nxt.name in seen:
+                continue
+            seen.add(nxt.name)
+            if nxt.name in weighted:
+                found.add(nxt.name)
+            else:
+                todo.extend(step(nxt))
+        return found
+
+    def up(n):
+        return [producer[i] for i in n.input if i in producer and i not in initializers]
+
+    def down(n):
+        return [c for o in n.output for c in consumers.get(o, [])]
+
+    return [n.name for n in graph.node if n.name not in weighted and n.name not in excluded
+            and (reach(n, up) | reach(n, down)) <= excluded]
+
+
+_OV_WEIGHTED = ("Convolution", "ConvolutionBackpropData", "MatMul", "GroupConvolution")
+
+
+def _name_ov_layers_as_onnx(model, onnx_path: str, layers: Sequence[str]) -> None:
+    """Give each weighted layer of the converted OpenVINO model the name of its ONNX node.
+
+    The conversion renames a ConvTranspose whose bias and BatchNorm it folded in (``Multiply_2964``, followed by an
+    Add named after the ONNX BatchNormalization), so NNCF's ignored scope and the int8 layer report could not find
+    it by name. OpenVINO names a Conv ``<onnx name>/WithoutBiases``, which both already handle.
+    """
+    import onnx
+
+    graph = onnx.load(onnx_path).graph
+    weighted = set(layers)
+    producer = {o: n.name for n in graph.node for o in n.output}
+    # an unweighted ONNX node directly fed by a weighted one -> that weighted node (ConvTranspose -> BatchNorm)
+    fed_by = {n.name: producer[n.input[0]] for n in graph.node
+              if n.name not in weighted and n.input and producer.get(n.input[0]) in weighted}
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() not in _OV_WEIGHTED or name in weighted or name.endswith("/WithoutBiases"):
+            continue
+        for target in op.output(0).get_target_inputs():
+            consumer = target.get_node().get_friendly_name()
+            onnx_name = consumer if consumer in weighted else fed_by.get(consumer)
+            if onnx_name is not None:
+                op.set_friendly_name(onnx_name)
+                break
+
+
+def _ov_weights_int8(op) -> bool:
+    """Whether the weights (input 1) of an OpenVINO layer are quantized: a FakeQuantize, or (as NNCF saves them)
+    an int8 constant behind Convert and a scale Multiply."""
+    node = op.input_value(1).get_node()
+    for _ in range(4):
+        if node.get_type_name() == "FakeQuantize":
+            return True
+        if node.get_input_size() == 0:
+            return node.get_type_name() == "Constant" and node.get_output_element_type(0).get_type_name() in ("i8", "u8")
+        node = node.input_value(0).get_node()
+    return False
+
+
+def _drop_fp32_activation_quantizers(model) -> None:
+    """Bypass the activation FakeQuantize nodes of an NNCF-quantized OpenVINO model that serve only fp32 layers.
+
+    NNCF's ignored scope matches names, and OpenVINO renames some layers on conversion (a ConvTranspose with its
+    BatchNorm folded becomes ``Multiply_123``, the last Add takes the output's name), so quantizers around kept
+    layers survived the names (issue 20). Decided on the graph instead: an activation quantizer goes when none of
+    the weighted layers it connects to (nearest upstream and downstream, through unweighted ops) has int8 weights.
+    """
+    def neighbours(start, step):
+        found, seen, todo = [], set(), list(step(start))
+        while todo:
+            node = todo.pop()
+            if node.get_friendly_name() in seen or node.get_type_name() in ("Constant", "Parameter", "Result"):
+                continue
+            seen.add(node.get_friendly_name())
+            if node.get_type_name() in _OV_WEIGHTED:
+                found.append(node)
+            else:
+                todo.extend(step(node))
+        return found
+
+    def up(node):
+        return [v.get_node() for v in node.input_values()]
+
+    def down(node):
+        return [t.get_node() for out in node.outputs() for t in out.get_target_inputs()]
+
+    for fq in [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]:
+        source = fq.input_value(0)
+        if source.get_node().get_type_name() in ("Constant", "Convert"):
+            continue  # a weight quantizer: kept layers have none
+        layers = neighbours(fq, up) + neighbours(fq, down)
+        if not any(_ov_weights_int8(layer) for layer in layers):
+            for target in list(fq.output(0).get_target_inputs()):
+                target.replace_source_output(source)
+    model.validate_nodes_and_infer_types()
 
 
 def _run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: CalibrationSet, config: QuantizationConfig,
                  layers: Sequence[str], exclude: Sequence[str], only: Optional[Sequence[str]] = None,
                  tag: str = "", calibration_cache: Optional[str] = None) -> str:
     name = f"model_int8{tag}"
+    fp32_layers = set(exclude) | (set(layers) - set(only) if only is not None else set())
+    exclude = list(exclude) + _attached_to_excluded(fp32_onnx, layers, sorted(fp32_layers))
     if backend == "onnxruntime":  # calibration_cache: see _quantize_ort (OpenVINO/NNCF collects statistics each time)
         return _quantize_ort(fp32_onnx, os.path.join(out_dir, name + ".onnx"), calibration, config, exclude, only,
                              calibration_cache)
