@@ -42,3 +42,7 @@ class QuantizationError(MonaiPruneError, RuntimeError):
 
 class GuardrailError(MonaiPruneError, ValueError):
     """A compressed model breaks an accuracy floor or a budget its recipe declared (nothing was written)."""
+
+
+class PlanSecurityError(InputError):
+    """A plan or card (data) tries to name code: an expression, a reference or a class that is not allowed."""

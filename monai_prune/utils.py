@@ -44,6 +44,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", keep_name: bool = Fal
         tmp_path, folder = Path(tmp), None
     try:
         yield tmp_path
+        if tmp_path.exists():
+            give_umask_mode(tmp_path)  # mkstemp creates 0600; the file must read as if created with open()
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -51,6 +53,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", keep_name: bool = Fal
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(path: str | os.PathLike) -> None:
+    """Set the mode a file or folder would have had if created plainly under the user's umask (``tempfile`` makes
+    0600 files and 0700 folders, which a service account reading a bundle written by a build account cannot open)."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~current_umask())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> str:

@@ -156,6 +156,27 @@ def test_ct_app_writes_a_dicom_seg_that_matches_the_label_the_stock_operator_and
 
 
 @pytest.mark.slow
+def test_an_edited_config_never_runs_its_expressions_unless_the_user_opts_out(spleen, tmp_path):
+    """A `$` expression slipped into the compressed bundle's inference.json after compression: the app refuses the
+    bundle before parsing (exit 2, one line naming the file), the expression never runs; with
+    --allow-edited-configs the same bundle runs it (so the check is what stopped it)."""
+    bundle = str(tmp_path / "bundle")
+    shutil.copytree(spleen.compressed, bundle)
+    marker = tmp_path / "expression_ran.txt"
+    path = os.path.join(bundle, "configs", "inference.json")
+    config = json.load(open(path))
+    config["roi_size"] = f"$__import__('pathlib').Path({str(marker)!r}).write_text('ran') and {config['roi_size']}"
+    json.dump(config, open(path, "w"), indent=2)
+    out = str(tmp_path / "out")
+    code, log = _run([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", bundle])
+    errors = [line for line in log.splitlines() if "error" in line.lower()]
+    assert code == 2 and "configs/inference.json does not match its sha256" in log, log[-3000:]
+    assert len(errors) == 1 and "Traceback" not in log and not marker.exists() and not os.path.exists(out)
+    _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", bundle, "--allow-edited-configs"])
+    assert marker.read_text() == "ran" and len(glob.glob(os.path.join(out, "*.dcm"))) == 1
+
+
+@pytest.mark.slow
 def test_ct_app_int8_and_onnxruntime_agree_with_fp32(spleen):
     ref = read_segmentation(_seg_file(str(spleen.tmp / "out_compressed")), spleen.series) \
         if os.path.isdir(spleen.tmp / "out_compressed") else None
@@ -188,6 +209,9 @@ def _fake_bundle(root):
                                                              "spatial_shape": [16, 16, 16]}},
                                         "outputs": {"pred": {"type": "image", "num_channels": 2,
                                                              "channel_def": {"0": "background", "1": "organ"}}}}}
+    with open(os.path.join(root, "configs", "inference.json"), "w") as f:
+        json.dump({"roi_size": [16, 16, 16]}, f)
+    metadata["config_files"] = {"inference.json": sha256(os.path.join(root, "configs", "inference.json"))}
     with open(os.path.join(root, "configs", "metadata.json"), "w") as f:
         json.dump(metadata, f)
     return root
@@ -244,6 +268,55 @@ def test_bad_inputs_and_models_are_refused_before_the_graph_starts_with_nothing_
     lone = str(tmp_path / "lone.onnx")
     shutil.copy(os.path.join(bundle, "models", "model.onnx"), lone)
     refused(good, lone, "carries no bundle configs")
+
+
+def test_edited_configs_and_bad_arguments_are_one_line_before_anything_is_parsed(tmp_path, capsys):
+    bundle = _fake_bundle(str(tmp_path / "bundle"))
+    os.makedirs(tmp_path / "empty")
+    empty = str(tmp_path / "empty")
+
+    def run(model, *extra):
+        out = str(tmp_path / "out")
+        code = run_app(_never_built, ["*.dcm"], "CT", ["app.py", "-i", empty, "-o", out, "-m", model, *extra])
+        err = capsys.readouterr().err
+        assert not os.path.exists(out)
+        return code, err
+
+    def variant(name, edit):
+        folder = str(tmp_path / name)
+        shutil.copytree(bundle, folder)
+        edit(os.path.join(folder, "configs"))
+        return folder
+
+    def append(path, text):
+        with open(path, "a") as f:
+            f.write(text)
+
+    edited = variant("edited", lambda c: append(os.path.join(c, "inference.json"), " "))
+    added = variant("added", lambda c: append(os.path.join(c, "evil.json"), "{}"))
+    removed = variant("removed", lambda c: os.remove(os.path.join(c, "inference.json")))
+
+    def unrecorded(configs):
+        path = os.path.join(configs, "metadata.json")
+        metadata = json.load(open(path))
+        del metadata["config_files"]
+        json.dump(metadata, open(path, "w"))
+
+    old = variant("old", unrecorded)
+    for model, message in ((edited, "configs/inference.json does not match its sha256"),
+                           (added, "configs/evil.json was added after compression"),
+                           (removed, "configs/inference.json listed in metadata.json is missing"),
+                           (old, "records no config_files sha256")):
+        code, err = run(model)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], err
+        assert "missing" in message or "--allow-edited-configs" in lines[0], err
+    code, err = run(edited, "--allow-edited-configs")  # the opt-out: configs pass, the empty study is what stops it
+    assert code == 2 and "empty" in err and "sha256" not in err
+    code, err = run(bundle, "--backend", "tensorrt")
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "invalid choice: 'tensorrt'" in err, err
+    code, err = run(bundle, "--num-threads", "many")
+    assert code == 2 and "invalid int value: 'many'" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.slow

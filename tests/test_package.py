@@ -184,8 +184,10 @@ def bundle(tmp_path_factory, onnx_model):
     net = _net()
     torch.jit.trace(net, torch.randn(1, 1, 16, 16, 16)).save(str(root / "models" / "model.ts"))
     files = {n: sha256(str(root / "models" / n)) for n in ("model.onnx", "model.ts")}
+    (root / "configs" / "inference.json").write_text(json.dumps({"roi_size": [16, 16, 16]}))
+    configs = {"inference.json": sha256(str(root / "configs" / "inference.json"))}
     (root / "configs" / "metadata.json").write_text(json.dumps({"version": "0.2.0", "compression": {"recipe": "x"},
-                                                                "model_files": files}))
+                                                                "model_files": files, "config_files": configs}))
     (root / "docs" / "README.md").write_text("# compressed\n")
     (root / "LICENSE").write_text("Apache-2.0\n")
     return root
@@ -288,6 +290,19 @@ def test_tampered_models_are_refused(app_dir, bundle, tmp_path):
     with pytest.raises(InputError, match="does not match its sha256"):
         package_app(app_dir, tmp_path / "pkg2", model=tampered)
     assert not (tmp_path / "pkg2").exists() and [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+    edited = tmp_path / "edited_bundle"
+    shutil.copytree(bundle, edited)
+    with open(edited / "configs" / "inference.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(InputError, match="configs/inference.json does not match its sha256"):
+        package_app(app_dir, tmp_path / "pkg3", model=edited)
+    assert not (tmp_path / "pkg3").exists()
+    package_app(app_dir, tmp_path / "pkg4", model=bundle)
+    with open(tmp_path / "pkg4" / "models" / bundle.name / "configs" / "inference.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(InputError, match="configs/inference.json does not match its sha256"):
+        check_package(tmp_path / "pkg4")
 
 
 def test_single_model_file_and_resources(app_dir, onnx_model, tmp_path):

@@ -65,6 +65,42 @@ def _metadata(root: str) -> Dict[str, Any]:
         raise InputError(f"{root}/configs/metadata.json is not valid JSON: {e}") from e
 
 
+ALLOW_EDITED_CONFIGS = "--allow-edited-configs"
+
+
+def verify_config_files(root: str) -> Dict[str, str]:
+    """Check every file in ``configs/`` against the sha256 recorded in ``configs/metadata.json`` (``config_files``)
+    before any of them is parsed: MONAI evaluates a config's ``$`` expressions, so an edited config is code.
+
+    ``metadata.json`` itself is read as plain JSON (never evaluated). Refuses a config that is missing, edited,
+    or added after compression, and a bundle that records no config checksums.
+    """
+    from ..bundle import sha256
+
+    listed = _metadata(root).get("config_files")
+    hint = f"to run edited configs on purpose, pass {ALLOW_EDITED_CONFIGS}"
+    if not isinstance(listed, dict) or not listed:
+        raise InputError(f"{os.path.basename(root)}/configs/metadata.json records no config_files sha256 (compressed "
+                         f"by an older monai-prune?): refusing to parse unverified configs; recompress it, or {hint}")
+    configs = os.path.join(root, "configs")
+    bad_names = [n for n in listed if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")]
+    if bad_names:
+        raise InputError(f"metadata.json config_files names {bad_names[0]!r}, which is not a file name in configs/")
+    present = sorted(n for n in os.listdir(configs) if n != "metadata.json" and os.path.isfile(os.path.join(configs, n)))
+    unlisted = [n for n in present if n not in listed]
+    if unlisted:
+        raise InputError(f"configs/{unlisted[0]} was added after compression (no sha256 in metadata.json): "
+                         f"refusing to run the bundle; remove it, or {hint}")
+    for name, digest in sorted(listed.items()):
+        path = os.path.join(configs, name)
+        if not os.path.isfile(path):
+            raise InputError(f"configs/{name} listed in metadata.json is missing")
+        if sha256(path) != digest:
+            raise InputError(f"configs/{name} does not match its sha256 in metadata.json: it was edited after "
+                             f"compression; refusing to parse it ({hint})")
+    return listed
+
+
 def _available(backend: str) -> bool:
     from ..runtime import available_backends
 
@@ -75,7 +111,8 @@ def _int8_backend(file: str) -> str:
     return "openvino" if file.endswith(".xml") else "onnxruntime"
 
 
-def select_model(path: str, backend: str = "auto", precision: str = "auto", verify: bool = True) -> ModelChoice:
+def select_model(path: str, backend: str = "auto", precision: str = "auto", verify: bool = True,
+                 verify_configs: Optional[bool] = None) -> ModelChoice:
     """Pick and verify the model file of a compressed bundle (or take a single model file as given).
 
     Args:
@@ -85,6 +122,8 @@ def select_model(path: str, backend: str = "auto", precision: str = "auto", veri
             runtime is installed, else OpenVINO fp32, ONNX Runtime fp32, TorchScript, the first installed.
         precision: ``"fp32"``, ``"int8"`` or ``"auto"``.
         verify: check every model file's sha256 against ``configs/metadata.json`` before anything is loaded.
+        verify_configs: check every config file's sha256 too (:func:`verify_config_files`); default: as ``verify``.
+            ``False`` is the opt-out for people who edit a compressed bundle's configs on purpose.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -107,6 +146,11 @@ def select_model(path: str, backend: str = "auto", precision: str = "auto", veri
         from ..bundle import verify_model_files
 
         verify_model_files(root)
+    if verify if verify_configs is None else verify_configs:
+        verify_config_files(root)
+    elif verify:
+        logger.warning("%s: configs not verified against metadata.json (%s)", os.path.basename(root),
+                       ALLOW_EDITED_CONFIGS)
     models = os.path.join(root, "models")
     compression = metadata.get("compression", {})
     int8 = compression.get("int8") or {}

@@ -32,6 +32,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..bundle import sha256, verify_model_files
 from ..errors import BackendUnavailableError, ConfigError, InputError
+from ..utils import give_umask_mode
+from .models import verify_config_files
 from .triton import NAME_PATTERN as _NAME  # one naming rule for models and packages
 
 logger = logging.getLogger(__name__)
@@ -285,6 +287,7 @@ def _copy_model(model: str, target: Path) -> Dict[str, Any]:
             raise InputError(f"model folder {model} has no configs/metadata.json: give a compressed bundle folder "
                              "or a single model file")
         verify_model_files(model)  # refuse a tampered source before copying anything
+        verify_config_files(model)
         for entry in ("configs", "models", "docs", "LICENSE"):
             source = os.path.join(model, entry)
             if os.path.isdir(source):
@@ -402,7 +405,7 @@ def package_app(
                     "not_installed_imports": requirements["not_installed"]}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         check_package(work)
-        os.chmod(work, 0o755)
+        give_umask_mode(work)
         os.rename(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -506,6 +509,7 @@ def check_package(folder: str | os.PathLike) -> Dict[str, Any]:
     for entry in sorted(models_dir.iterdir()) if models_dir.is_dir() else ():
         if (entry / "configs" / "metadata.json").is_file():
             models[entry.name] = verify_model_files(str(entry))
+            verify_config_files(str(entry))
         elif entry.is_dir() and recorded.get("name") == entry.name:
             for file_name, digest in recorded["files"].items():
                 if not (entry / file_name).is_file() or sha256(str(entry / file_name)) != digest:

@@ -15,7 +15,9 @@ and series, never about patient attributes, and our own lines name stages, shape
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import json
 import logging
 import os
@@ -26,9 +28,9 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..errors import MonaiPruneError
+from ..errors import ConfigError, MonaiPruneError
 from ..utils import atomic_write_text
-from .models import BACKENDS, PRECISIONS, ModelChoice, select_model
+from .models import ALLOW_EDITED_CONFIGS, BACKENDS, PRECISIONS, ModelChoice, select_model
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +63,24 @@ def redact_logs() -> None:
     _factory_installed = True
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting with a bare ``2``: the runner prints the reason as
+    its one error line."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
 def _options(argv: Sequence[str]) -> tuple:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = _ArgumentParser(add_help=False)
     parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("MONAI_PRUNE_BACKEND", "auto"))
     parser.add_argument("--precision", choices=PRECISIONS, default=os.environ.get("MONAI_PRUNE_PRECISION", "auto"))
     parser.add_argument("--nifti", action="store_true", help="also write the segmentation as NIfTI")
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--operator", choices=("compressed", "stock"), default="compressed",
                         help="stock: the SDK's own MonaiBundleInferenceOperator on the bundle's model.ts (TorchScript)")
+    parser.add_argument(ALLOW_EDITED_CONFIGS, action="store_true",
+                        help="parse the bundle's configs even if they differ from the sha256 in metadata.json")
     return parser.parse_known_args(list(argv[1:]))
 
 
@@ -82,7 +94,18 @@ def _paths(argv: List[str], created: List[str]) -> Dict[str, str]:
             folder = os.path.abspath(argv[argv.index(flag) + 1])
             if not os.path.exists(folder):
                 created.append(folder)
-    args = parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):  # the SDK's argparse prints usage, then exits with a bare 2
+            args = parse_args(argv)
+    except SystemExit as e:
+        if not e.code:  # --help
+            sys.stdout.write(captured.getvalue())
+            raise
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        reason = next((line.split("error:", 1)[1].strip() for line in reversed(lines) if "error:" in line),
+                      lines[-1] if lines else f"exit {e.code}")
+        raise ConfigError(f"bad arguments: {reason}") from None
     env = RuntimeEnv()
     return {"input": os.path.abspath(args.input or env.input), "output": os.path.abspath(args.output or env.output),
             "model": os.path.abspath(args.model or env.model)}
@@ -120,17 +143,18 @@ def run_app(app_factory: Callable[..., Any], expected: Sequence[str], modality: 
 
     redact_logs()
     argv = list(sys.argv if argv is None else argv)
-    options, rest = _options(argv)
-    sdk_argv = [argv[0], *rest]
     name = os.path.basename(os.path.dirname(os.path.abspath(argv[0]))) or "app"
     started = time.perf_counter()
     created: List[str] = []
     try:
+        options, rest = _options(argv)
+        sdk_argv = [argv[0], *rest]
         paths = _paths(sdk_argv, created)
-        study = check_dicom_input(paths["input"], modality=modality, min_slices=min_slices)
         choice = select_model(paths["model"], "torchscript" if options.operator == "stock" else options.backend,
-                              "fp32" if options.operator == "stock" else options.precision)
-    except (MonaiPruneError, OSError, SystemExit) as e:
+                              "fp32" if options.operator == "stock" else options.precision,
+                              verify_configs=not options.allow_edited_configs)
+        study = check_dicom_input(paths["input"], modality=modality, min_slices=min_slices)
+    except (MonaiPruneError, OSError) as e:
         _remove_empty(created)
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2

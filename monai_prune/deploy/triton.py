@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BackendUnavailableError, ConfigError, InputError
+from ..utils import give_umask_mode
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def write_triton_repository(
         for file_name, source in files.items():
             shutil.copy2(source, os.path.join(work, str(version), file_name))
         Path(work, "config.pbtxt").write_text(text, encoding="utf-8")
-        os.chmod(work, 0o755)
+        give_umask_mode(work)
         os.rename(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

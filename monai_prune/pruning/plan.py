@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from ..errors import InputError, PlanMismatchError
+from .network_def import build_literal_network
 from ..utils import atomic_write_text, library_versions
 from .monai_fixes import ChannelCountingPReLUPruner
 
@@ -83,6 +84,7 @@ class PruningPlan:
     def from_dict(cls, data: Dict[str, Any]) -> "PruningPlan":
         if not isinstance(data, dict) or "steps" not in data or "source_signature" not in data:
             raise InputError("not a monai-prune pruning plan: expected a JSON object with 'steps' and 'source_signature'")
+        _check_plan_fields(data)
         if data.get("format", 0) > PLAN_FORMAT:
             raise InputError(
                 f"pruning plan format {data['format']} is newer than this monai-prune understands ({PLAN_FORMAT}); "
@@ -100,16 +102,19 @@ class PruningPlan:
             raise InputError(f"{path} is not valid JSON ({e}); expected a pruning plan written by PruningPlan.save") from e
         return cls.from_dict(data)
 
-    def build_network(self) -> nn.Module:
-        """Instantiate the original network from ``network_def`` (MONAI bundle syntax) and apply the plan."""
+    def build_network(self, allow: Sequence[type] = ()) -> nn.Module:
+        """Instantiate the original network from ``network_def`` and apply the plan.
+
+        A plan is data, never code: ``network_def`` is read as literal constructor arguments, never through MONAI's
+        expression evaluator. ``_target_`` must name a class of ``monai.networks.nets`` (``"UNet"`` or
+        ``"monai.networks.nets.UNet"``) or one of the classes given in ``allow`` (``build_network(allow=[MyNet])``);
+        a ``$``/``@``/``%`` expression or any other target is refused with :class:`PlanSecurityError` naming the key.
+        """
         if not self.network_def:
             raise PlanMismatchError(
                 "this plan does not record how the network was built; construct it yourself and call apply_plan(net, plan)"
             )
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser({"network": copy.deepcopy(self.network_def)})
-        return apply_plan(parser.get_parsed_content("network"), self)
+        return apply_plan(build_literal_network(self.network_def, allow), self)
 
     def extend(self, later: "PruningPlan") -> "PruningPlan":
         """A plan doing this one then ``later`` (a plan made on the network this one produces)."""
@@ -129,6 +134,61 @@ class PruningPlan:
     @property
     def num_groups(self) -> int:
         return len(self.steps)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_plan_fields(data: Dict[str, Any]) -> None:
+    """Every field a replay reads has the JSON type it must have: a hand-edited or truncated plan is one clear
+    error naming the field, not a TypeError deep inside the replay."""
+    def bad(field_name: str, expected: str) -> InputError:
+        return InputError(f"pruning plan field {field_name!r} must be {expected}, got "
+                          f"{json.dumps(_get_path(data, field_name), default=str)[:60]}")
+
+    for key in ("network", "source_signature"):
+        if not isinstance(data.get(key, ""), str):
+            raise bad(key, "a string")
+    if "network" not in data or "pruned_shapes" not in data:
+        missing = [k for k in ("network", "pruned_shapes") if k not in data]
+        raise InputError(f"pruning plan is missing the field {missing[0]!r}: it was truncated or not written by "
+                         "PruningPlan.save")
+    if not _is_int(data.get("format", 0)):
+        raise bad("format", "an integer")
+    shapes = data["pruned_shapes"]
+    if not isinstance(shapes, dict) or not all(isinstance(v, list) and all(_is_int(d) for d in v) for v in shapes.values()):
+        raise bad("pruned_shapes", "an object of parameter name -> list of integers")
+    for key, kind, expected in (("example_input_shape", list, "a list of integers"), ("network_def", dict, "an object"),
+                                ("config", dict, "an object"), ("stats", dict, "an object"),
+                                ("kept_layers", list, "a list"), ("versions", dict, "an object")):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise bad(key, expected)
+    if not isinstance(data["steps"], list):
+        raise bad("steps", "a list")
+    for i, step in enumerate(data["steps"]):
+        ops = step.get("ops") if isinstance(step, dict) else None
+        if not isinstance(ops, list):
+            raise bad(f"steps[{i}].ops", "a list of operations")
+        for j, op in enumerate(ops):
+            where = f"steps[{i}].ops[{j}]"
+            if not isinstance(op, dict) or not isinstance(op.get("module"), str):
+                raise bad(where, "an object with a 'module' name")
+            if op.get("kind") != "parameter" and op.get("side") not in ("in", "out"):
+                raise bad(f"{where}.side", "'in' or 'out'")
+            if not isinstance(op.get("idxs"), list) or not all(_is_int(v) and v >= 0 for v in op["idxs"]):
+                raise bad(f"{where}.idxs", "a list of non-negative integers")
+            if "dim" in op and not _is_int(op["dim"]):
+                raise bad(f"{where}.dim", "an integer")
+
+
+def _get_path(data: Any, path: str) -> Any:
+    for part in path.replace("]", "").replace("[", ".").split("."):
+        try:
+            data = data[int(part)] if part.isdigit() else data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def _pruner_for(module: nn.Module, pruner_name: str):
