@@ -12,6 +12,9 @@ from the shapes it really saw in one forward pass:
   layers above): the multiply-accumulates of the contraction.
 
 Normalisation, activations and pooling are not counted (as in the literature's MAC figures).
+
+The input a network takes (:func:`first_layer_input`, :func:`input_mismatch`) is read here too: ``count_macs``,
+``prune_channels`` and the ``Predictor`` use it to say "expects 1 input channel, got 3" instead of torch internals.
 """
 
 from __future__ import annotations
@@ -19,20 +22,88 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import statistics
 import time
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import InputError
+from .errors import InputError, MonaiPruneError
 from .layers import CONV_TRANSPOSE_TYPES as _CONV_T
 from .utils import run_forward
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAYER_KINDS = {t.__name__ for t in _CONV + _CONV_T + (nn.Linear,)}
+_SPATIAL_NAMES = {1: "L", 2: "HW", 3: "DHW"}
+
+Shape = Tuple[Optional[int], ...]  # an expected input shape: None where any size fits
+
+
+def shape_text(expected: Shape) -> str:
+    """``(B, 1, D, H, W)``: an expected input shape with its free dimensions named."""
+    names = "BC" + _SPATIAL_NAMES.get(len(expected) - 2, "S" * max(len(expected) - 2, 0))
+    return "(" + ", ".join(names[i] if d is None else str(d) for i, d in enumerate(expected)) + ")"
+
+
+def input_mismatch(expected: Shape, shape: Sequence[int]) -> str:
+    """Why a tensor of ``shape`` does not fit ``expected`` ("expects 1 input channel, got 3"), "" when it fits."""
+    if len(shape) != len(expected):
+        return f"expected a {len(expected)}-D tensor, got a {len(shape)}-D one"
+    for dim, (want, got) in enumerate(zip(expected, shape)):
+        if want is not None and want != got:
+            if dim == 1:
+                return f"expects {want} input channel{'s' if want != 1 else ''}, got {got}"
+            return f"expects size {want} in dimension {dim}, got {got}"
+    return ""
+
+
+def layer_input(layer: nn.Module) -> Optional[Shape]:
+    """``(None, in_channels, None, ...)`` for a Conv/ConvTranspose layer, also one of a loaded TorchScript module
+    (which keeps the class name in ``original_name`` and the weight, not ``in_channels``); None for other layers."""
+    kind = getattr(layer, "original_name", type(layer).__name__)
+    weight = getattr(layer, "weight", None)
+    if not kind.startswith("Conv") or not isinstance(weight, torch.Tensor):
+        return None
+    channels = getattr(layer, "in_channels", None)
+    if channels is None:  # TorchScript: weight is (out, in/groups, ...) or, transposed, (in, out/groups, ...)
+        channels = weight.shape[0] if "Transpose" in kind else weight.shape[1]
+    return (None, int(channels)) + (None,) * (weight.dim() - 2)
+
+
+def first_layer_input(model: nn.Module) -> Optional[Tuple[str, str, Shape]]:
+    """``(name, kind, expected shape)`` of the first Conv/Linear layer in module order when it is a Conv (what a
+    network's input must look like); None when it is a Linear or there is none."""
+    for name, layer in model.named_modules():
+        kind = getattr(layer, "original_name", type(layer).__name__)
+        if kind in _LAYER_KINDS:
+            expected = layer_input(layer)
+            return (name, kind, expected) if expected is not None else None
+    return None
+
+
+def error_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: message`` in one line. TorchScript and OpenVINO put the cause on the last line of a long trace;
+    the first sentence of it is kept."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = (lines[-1] if lines else "").split(". ")[0][:limit]
+    return text if re.match(r"^\w+(Error|Exception|Failure):", text) else f"{type(error).__name__}: {text}"
+
+
+def _cannot_run(model: nn.Module, example_input, first: List[Tuple[str, nn.Module, tuple]], error: Exception) -> str:
+    shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+    head = f"the network cannot run on an example_input of shape {shape}"
+    if first:
+        name, layer, seen = first[0]
+        expected = layer_input(layer)
+        why = input_mismatch(expected, seen) if expected is not None else ""
+        if why:
+            return (f"{head}: its first layer {name!r} ({type(layer).__name__}) {why}; pass a tensor of shape "
+                    f"{shape_text(expected)}")
+    return f"{head}: {error_line(error)}"
 
 
 def _layer_macs(module: nn.Module, inputs, output) -> int:
@@ -97,16 +168,23 @@ def count_macs(model: nn.Module, example_input, per_layer: bool = False):
     """Multiply-accumulates of one forward pass on ``example_input`` (see module docstring for the rules).
 
     Returns an int, or ``(total, {layer_name: macs})`` with ``per_layer=True``. The model's train/eval mode is
-    restored afterwards; no gradients are recorded.
+    restored afterwards; no gradients are recorded. An input the network cannot run raises :class:`InputError`
+    (naming the expected channels/rank when the first layer is what refused it; the torch error is its cause).
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"count_macs expects a torch.nn.Module, got {type(model).__name__}")
     layer_macs: Dict[str, int] = {}
     counter = _MatmulCounter()
     hooks = []
+    first: List[Tuple[str, nn.Module, tuple]] = []  # the first layer to run and the shape it was given
 
-    def pre_hook(module, inputs):
-        counter.inside_layer += 1
+    def make_pre_hook(name):
+        def pre_hook(module, inputs):
+            counter.inside_layer += 1
+            if not first and inputs and isinstance(inputs[0], torch.Tensor):
+                first.append((name, module, tuple(inputs[0].shape)))
+
+        return pre_hook
 
     def make_hook(name):
         def hook(module, inputs, output):
@@ -117,13 +195,17 @@ def count_macs(model: nn.Module, example_input, per_layer: bool = False):
 
     for name, module in model.named_modules():
         if isinstance(module, _CONV + _CONV_T + (nn.Linear,)):
-            hooks.append(module.register_forward_pre_hook(pre_hook))
+            hooks.append(module.register_forward_pre_hook(make_pre_hook(name)))
             hooks.append(module.register_forward_hook(make_hook(name)))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), counter:
             run_forward(model, example_input)
+    except MonaiPruneError:
+        raise
+    except Exception as e:  # a forward pass that fails on the input: say what the input should have been
+        raise InputError(_cannot_run(model, example_input, first, e)) from e
     finally:
         for h in hooks:
             h.remove()

@@ -4,6 +4,10 @@ Fewer MACs are not fewer seconds in eager PyTorch: at batch 1 a 50%-pruned 3D UN
 and about 2x faster in ONNX Runtime. The predictor wraps one backend — ``torch`` (eager), ``torchscript``,
 ``onnxruntime`` or ``openvino`` — behind ``predictor(x) -> tensor``; ``backend="auto"`` times each available
 backend on the machine it runs on and keeps the fastest, saying which it picked and why.
+
+Bad input is named before a runtime's C++ trace can be: a corrupt or truncated model file when it is first read,
+an input of the wrong rank or channel count against the shape the model file declares (ONNX/OpenVINO) or, for
+the torch backends, against ``example_input`` or the first layer once the call has failed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,12 +28,13 @@ from torch import nn
 
 from .errors import BackendUnavailableError, ConfigError, InputError
 from .export import export_onnx, export_openvino
-from .measure import time_call
+from .measure import error_line, first_layer_input, input_mismatch, shape_text, time_call
 from .utils import first_output
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino")
+FILE_SHAPED = ("onnxruntime", "openvino")  # their model declares its input shape: a call is checked against it first
 
 
 def available_backends() -> List[str]:
@@ -46,6 +51,16 @@ def _to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().float().numpy()
     return np.asarray(x, dtype=np.float32)
+
+
+def _check_onnx_file(path: str) -> None:
+    """Parse a user's ONNX file once (protobuf only, no external data): a truncated one fails here, by name."""
+    import onnx
+
+    try:
+        onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, or an unreadable file
+        raise InputError(f"{path} is corrupt or truncated ({error_line(e)}); export it again with export_onnx") from e
 
 
 def ort_session(path: str, options=None, providers: Optional[Sequence[str]] = None):
@@ -98,8 +113,10 @@ class Predictor:
         self.work_dir = work_dir or self._tmp.name
         os.makedirs(self.work_dir, exist_ok=True)
         self.model = self._load_source(model)
+        self._source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
         self.timings: Dict[str, float] = {}
-        self._onnx_path: Optional[str] = model if isinstance(model, str) and model.endswith(".onnx") else None
+        self._onnx_path: Optional[str] = None
+        self._inputs: Dict[str, Optional[Tuple[Optional[int], ...]]] = {}  # backend -> the input shape it takes
         if backend == "auto":
             self.backend = self._pick(candidates, timing_fn, repeats)
         else:
@@ -113,9 +130,14 @@ class Predictor:
         if isinstance(model, (str, os.PathLike)):
             path = str(model)
             if not os.path.exists(path):
-                raise InputError(f"model file {path} does not exist")
+                raise InputError(f"model file {path} does not exist; give the path of a .ts, .onnx or .xml model "
+                                 "file (export_torchscript, export_onnx, export_openvino write them)")
             if path.endswith(".ts"):
-                return torch.jit.load(path, map_location=self.device).eval()
+                try:
+                    return torch.jit.load(path, map_location=self.device).eval()
+                except RuntimeError as e:
+                    raise InputError(f"{path} is corrupt or truncated ({error_line(e)}); export it again with "
+                                     "export_torchscript") from e
             if path.endswith((".onnx", ".xml")):
                 return path
             raise InputError(f"cannot tell the format of {path}: expected .ts, .onnx or .xml")
@@ -127,6 +149,9 @@ class Predictor:
         return self.example_input
 
     def _onnx(self) -> str:
+        if self._onnx_path is None and isinstance(self.model, str) and self.model.endswith(".onnx"):
+            _check_onnx_file(self.model)
+            self._onnx_path = self.model
         if self._onnx_path is None:
             if not isinstance(self.model, nn.Module):
                 raise BackendUnavailableError("ONNX Runtime/OpenVINO need an nn.Module or an .onnx file")
@@ -139,6 +164,8 @@ class Predictor:
     def _build(self, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
         if backend not in available_backends():
             raise BackendUnavailableError(f"backend {backend!r} is not installed (pip install 'monai-prune[openvino]')")
+        if backend in ("torch", "torchscript"):
+            self._inputs[backend] = self._torch_input()
         if backend == "torch":
             if not isinstance(self.model, nn.Module):
                 raise BackendUnavailableError("the torch backend needs an nn.Module or a TorchScript file")
@@ -156,6 +183,14 @@ class Predictor:
         if backend == "onnxruntime":
             return self._ort_call()
         return self._openvino_call()
+
+    def _torch_input(self):
+        """The input the torch backends take: shaped like ``example_input`` (any batch and spatial size), or as the
+        first Conv layer of the module or TorchScript file says."""
+        if isinstance(self.example_input, torch.Tensor):
+            return (None, self.example_input.shape[1]) + (None,) * (self.example_input.dim() - 2)
+        first = first_layer_input(self.model) if isinstance(self.model, nn.Module) else None
+        return first[2] if first else None
 
     def _torch_call(self, module):
         device = self.device
@@ -176,8 +211,14 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort_session(self._onnx(), options, providers)
-        name = session.get_inputs()[0].name
+        path = self._onnx()
+        try:
+            session = ort_session(path, options, providers)
+        except Exception as e:  # onnx parsed it: a graph or an operator this ONNX Runtime cannot run
+            raise BackendUnavailableError(f"ONNX Runtime cannot load {path} ({error_line(e)})") from e
+        declared = session.get_inputs()[0]
+        name = declared.name
+        self._inputs["onnxruntime"] = tuple(d if isinstance(d, int) else None for d in declared.shape)
 
         def run(x):
             out = session.run(None, {name: _to_numpy(x)})[0]
@@ -197,7 +238,10 @@ class Predictor:
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if self.num_threads:
             config["INFERENCE_NUM_THREADS"] = self.num_threads
-        model = core.read_model(source)
+        model = self._read_openvino(core, source)
+        shape = model.inputs[0].get_partial_shape()  # each call reshapes the model: only rank and channels must fit
+        self._inputs["openvino"] = None if shape.rank.is_dynamic else tuple(
+            d.get_length() if i == 1 and d.is_static else None for i, d in enumerate(shape))
         requests = {}  # one statically shaped compilation per input shape: faster than a dynamic-shape model
 
         def run(x):
@@ -213,6 +257,18 @@ class Predictor:
 
         return run
 
+    @staticmethod
+    def _read_openvino(core, xml: str):
+        weights = xml[:-4] + ".bin"
+        try:
+            return core.read_model(xml)
+        except Exception as e:  # OpenVINO's C++ trace: its last line says what was wrong
+            if not os.path.exists(weights):
+                raise InputError(f"{xml} needs its weights file {weights}, which does not exist; keep the .bin "
+                                 "next to the .xml (export_openvino writes both)") from e
+            raise InputError(f"{xml} (with {os.path.basename(weights)}) is corrupt or truncated ({error_line(e)}); "
+                             "export it again with export_openvino") from e
+
     # ----------------------------------------------------------------------------------------- auto
     def _pick(self, candidates, timing_fn, repeats) -> str:
         example = self._need_example('backend="auto"')
@@ -224,6 +280,8 @@ class Predictor:
         for name in candidates:
             try:
                 runners[name] = self._build(name)
+            except InputError:  # a corrupt model file is not a backend that cannot take the model
+                raise
             except Exception as e:  # a backend that cannot take this model is skipped, and the reason logged
                 logger.warning("backend %s skipped: %s", name, e)
         if not runners:
@@ -243,7 +301,20 @@ class Predictor:
     def __call__(self, x):
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        return self._run(x)
+        expected = self._inputs.get(self.backend)
+        why = input_mismatch(expected, tuple(x.shape)) if expected is not None else ""
+        if why and self.backend in FILE_SHAPED:
+            raise InputError(self._wrong_input(x, why, expected))
+        try:
+            return self._run(x)
+        except Exception as e:
+            if why:  # the torch backends know the expected input from example_input or the first layer: a guess
+                raise InputError(self._wrong_input(x, why, expected)) from e
+            raise
+
+    def _wrong_input(self, x: torch.Tensor, why: str, expected) -> str:
+        return (f"Predictor ({self.backend}, {self._source}) cannot run on an input of shape {tuple(x.shape)}: the "
+                f"model {why}; pass a tensor of shape {shape_text(expected)}")
 
     def __repr__(self) -> str:
         return f"Predictor(backend={self.backend!r}, timings={ {k: round(v, 4) for k, v in self.timings.items()} })"

@@ -15,6 +15,8 @@ tensors keyed by parameter name, applied with :func:`apply_masks` and kept appli
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -26,9 +28,41 @@ from .layers import CONV_TRANSPOSE_TYPES, PRUNABLE_TYPES
 logger = logging.getLogger(__name__)
 
 
+def check_fraction(name: str, value, meaning: str, low_closed: bool = True, high_closed: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a real number (not a bool, not NaN) in the interval from 0 to 1
+    (``low_closed``/``high_closed`` say whether 0 and 1 belong to it). Used for every fraction-valued argument."""
+    interval = f"{'[' if low_closed else '('}0, 1{']' if high_closed else ')'}"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be in {interval} ({meaning}), got {value!r} (a {type(value).__name__}); "
+                          f"pass a number such as 0.5")
+    above_low = 0 < value or (low_closed and value == 0)
+    below_high = value < 1 or (high_closed and value == 1)
+    if not (math.isfinite(value) and above_low and below_high):
+        raise ConfigError(f"{name} must be in {interval} ({meaning}), got {value!r}")
+
+
+def check_nm(n, m) -> None:
+    """Raise :class:`ConfigError` unless ``n``, ``m`` are integers (not bools) with 0 < n < m."""
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (n, m)) or not 0 < n < m:
+        raise ConfigError(f"N:M sparsity needs integers 0 < N < M (e.g. n=2, m=4), got n={n!r}, m={m!r}")
+
+
+def check_magnitude_args(sparsity, scope: str) -> None:
+    """Raise :class:`ConfigError` unless ``sparsity`` is in [0, 1) and ``scope`` is ``"local"`` or ``"global"``."""
+    check_fraction("sparsity", sparsity, "the fraction of weights zeroed")
+    if scope not in ("local", "global"):
+        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
+
+
+def _layer_names(modules: Dict[str, nn.Module], layers: Optional[Iterable[str]]) -> List[str]:
+    if isinstance(layers, str):
+        raise ConfigError(f"layers must be a list of layer names, got the string {layers!r}; write layers=[{layers!r}]")
+    return list(layers) if layers is not None else [n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]
+
+
 def _targets(model: nn.Module, layers: Optional[Iterable[str]], include_bias: bool) -> Dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
-    names = list(layers) if layers is not None else [n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]
+    names = _layer_names(modules, layers)
     missing = [n for n in names if n not in modules or not isinstance(modules[n], PRUNABLE_TYPES)]
     if missing:
         raise ConfigError(f"layers must name Conv/Linear layers of this network; not found or not prunable: {missing}")
@@ -69,10 +103,7 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "local", lay
     Importance is |w|, or ``scores`` (per-parameter tensors shaped like the weights, e.g. the accumulated Taylor
     scores of :class:`monai_prune.importance.TaylorAccumulator`).
     """
-    if not isinstance(sparsity, (int, float)) or not (0.0 <= sparsity < 1.0):
-        raise ConfigError(f"sparsity must be in [0, 1) (the fraction of weights zeroed), got {sparsity!r}")
-    if scope not in ("local", "global"):
-        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
+    check_magnitude_args(sparsity, scope)
     params = _targets(model, layers, include_bias)
     with torch.no_grad():
         values = _scored(params, scores)
@@ -95,10 +126,10 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, layers: Optional[Iterable
     Layers with fewer than ``m`` input channels per group (e.g. the first convolution of a 1-channel CT net)
     are skipped; a layer with more that ``m`` does not divide is an error.
     """
-    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-        raise ConfigError(f"N:M sparsity needs integers 0 < N < M, got {n}:{m}")
+    check_nm(n, m)
+    n, m = int(n), int(m)  # numpy integers pass the check; torch.topk wants a Python int
     modules = dict(model.named_modules())
-    names = list(layers) if layers is not None else [k for k, v in modules.items() if isinstance(v, PRUNABLE_TYPES)]
+    names = _layer_names(modules, layers)
     masks: Dict[str, torch.Tensor] = {}
     skipped: List[str] = []
     values = _scored(_targets(model, names, include_bias=False), scores)  # also validates the names

@@ -9,6 +9,7 @@ Each is a thin adapter over the library function that does the work.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Dict, Optional
 
 import torch
@@ -17,20 +18,24 @@ from torch import nn
 
 from .errors import ConfigError, InputError
 from .pruning import PruningPlan, apply_plan, prune_channels
-from .sparsity import apply_masks, magnitude_masks, nm_masks
+from .pruning.channel import pruning_config
+from .sparsity import apply_masks, check_magnitude_args, check_nm, magnitude_masks, nm_masks
 
 
 class PruneChannels(Transform):
     """``PruneChannels(ratio=0.5, example_input=x)(net)`` -> a channel-pruned copy of ``net``.
 
     Accepts every option of :func:`monai_prune.prune_channels` (``target_macs``, ``importance``, ``round_to``,
-    ``ignore``, …). The plan of the last call is kept in ``self.plan`` (save it next to the weights).
+    ``ignore``, …), checked here so a bad value in a bundle config fails when the config is parsed. The plan of
+    the last call is kept in ``self.plan`` (save it next to the weights).
     """
 
     def __init__(self, ratio: Optional[float] = None, example_input: Optional[torch.Tensor] = None,
                  **options: Any) -> None:
         if not isinstance(example_input, torch.Tensor):
             raise ConfigError("PruneChannels needs example_input=<tensor shaped like one network input>")
+        own = set(inspect.signature(prune_channels).parameters) - {"options"}  # config, batches, loss_fn, ...
+        pruning_config(ratio, options.get("config"), **{k: v for k, v in options.items() if k not in own})
         self.ratio, self.example_input, self.options = ratio, example_input, options
         self.plan: Optional[PruningPlan] = None
 
@@ -57,6 +62,7 @@ class SparsifyMagnitude(Transform):
     """``SparsifyMagnitude(sparsity=0.8, scope="global")(net)`` -> a copy of ``net`` with its smallest |w| zeroed."""
 
     def __init__(self, sparsity: float, scope: str = "local", include_bias: bool = False) -> None:
+        check_magnitude_args(sparsity, scope)
         self.sparsity, self.scope, self.include_bias = sparsity, scope, include_bias
         self.masks: Dict[str, torch.Tensor] = {}
 
@@ -71,6 +77,7 @@ class SparsifyNM(Transform):
     """``SparsifyNM(2, 4)(net)`` -> a copy of ``net`` with N of every M input-channel weights kept."""
 
     def __init__(self, n: int = 2, m: int = 4) -> None:
+        check_nm(n, m)
         self.n, self.m = n, m
         self.masks: Dict[str, torch.Tensor] = {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -21,8 +22,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InputError, PruningError
 from ..layers import PRUNABLE_TYPES
-from ..measure import count_macs, count_params
+from ..measure import count_macs, count_params, first_layer_input, input_mismatch, shape_text
 from ..importance import gradients_from_scores
+from ..sparsity import check_fraction
 from ..utils import first_output, run_forward
 from .monai_fixes import (
     ChannelCountingPReLUPruner,
@@ -75,25 +77,64 @@ class ChannelPruningConfig:
     def validate(self) -> None:
         given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ConfigError(f"give exactly one of ratio, target_macs, target_params (got {given or 'none'})")
-        if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
-            raise ConfigError(f"ratio must be in [0, 1) (fraction of channels removed per group), got {self.ratio}")
+            raise ConfigError("give exactly one of ratio (fraction of channels removed per group, in [0, 1)), "
+                              f"target_macs or target_params (fraction of the original to keep, in (0, 1)); got "
+                              f"{given or 'none'}")
+        if self.ratio is not None:
+            check_fraction("ratio", self.ratio, "fraction of channels removed per group")
         for key in ("target_macs", "target_params"):
             value = getattr(self, key)
-            if value is not None and not (0.0 < value < 1.0):
-                raise ConfigError(
-                    f"{key} is the fraction of the original to keep and must be in (0, 1), got {value}"
-                    + ("; a target at or above the model's own size needs no pruning" if value >= 1 else "")
-                )
-        if self.importance not in IMPORTANCE_CRITERIA:
+            if value is not None and _is_number(value) and value >= 1:
+                raise ConfigError(f"{key} must be in (0, 1) (the fraction of the original to keep), got {value}; a "
+                                  "target at or above the model's own size needs no pruning")
+            if value is not None:
+                check_fraction(key, value, "the fraction of the original to keep", low_closed=False)
+        if not isinstance(self.importance, str) or self.importance not in IMPORTANCE_CRITERIA:
             raise ConfigError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.round_to is not None and not (_is_integer(self.round_to) and self.round_to >= 1):
+            raise ConfigError(f"round_to must be a positive integer (e.g. 8), got {self.round_to!r}")
+        if not isinstance(self.layer_ratios, dict):
+            raise ConfigError(f"layer_ratios must be a dict {{layer name: ratio in [0, 1)}}, got a "
+                              f"{type(self.layer_ratios).__name__}")
         for name, r in self.layer_ratios.items():
-            if not (0.0 <= r < 1.0):
-                raise ConfigError(f"layer_ratios[{name!r}] must be in [0, 1), got {r}")
-        if not (0.0 < self.max_layer_ratio <= 1.0):
-            raise ConfigError(f"max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
+            check_fraction(f"layer_ratios[{name!r}]", r, "fraction of that group's channels removed")
+        if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(n, str) for n in self.ignore):
+            example = f"; write ignore=[{self.ignore!r}]" if isinstance(self.ignore, str) else ""
+            raise ConfigError(f"ignore must be a list of layer names, got {self.ignore!r}{example}")
+        if not isinstance(self.global_pruning, (bool, np.bool_)):
+            raise ConfigError(f"global_pruning must be True or False, got {self.global_pruning!r}")
+        check_fraction("max_layer_ratio", self.max_layer_ratio, "the most of one group's channels removed",
+                       low_closed=False, high_closed=True)
+        if not _is_integer(self.seed):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def pruning_config(ratio: Optional[float] = None, config: Optional[ChannelPruningConfig] = None,
+                   **options) -> ChannelPruningConfig:
+    """A validated copy of ``config`` (or the defaults) with ``ratio`` and the keyword ``options`` applied: what
+    :func:`prune_channels` runs with. Raises :class:`ConfigError` for an unknown option or a bad value."""
+    if config is not None and not isinstance(config, ChannelPruningConfig):
+        raise InputError(f"config must be a ChannelPruningConfig, got {type(config).__name__}; or pass its fields "
+                         "as keyword arguments")
+    fields = ChannelPruningConfig.__dataclass_fields__
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown pruning option(s) {unknown}; known: {sorted(fields)}")
+    config = copy.deepcopy(config) if config is not None else ChannelPruningConfig()
+    if ratio is not None:
+        config.ratio = ratio
+    for key, value in options.items():
+        setattr(config, key, value)
+    config.validate()
+    return config
 
 
 def _make_importance(config: ChannelPruningConfig):
@@ -113,21 +154,33 @@ def _check_example_input(model: nn.Module, example_input) -> None:
         raise InputError(f"example_input must be a tensor (B, C, *spatial), got {type(example_input).__name__}")
     if not isinstance(example_input, torch.Tensor):
         return
-    first = next((m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)), None)
-    if isinstance(first, nn.Linear) or first is None:
+    first = first_layer_input(model)
+    if first is None:
         return
-    spatial = first.weight.dim() - 2
-    if example_input.dim() != spatial + 2:
-        raise InputError(
-            f"example_input has shape {tuple(example_input.shape)} ({example_input.dim()}-D) but the network's first "
-            f"layer is a {type(first).__name__}: expected a {spatial + 2}-D tensor (B, C, {', '.join('S' * spatial)})"
-        )
-    in_ch = first.in_channels
-    if example_input.shape[1] != in_ch:
-        raise InputError(
-            f"example_input has {example_input.shape[1]} channels but the network's first layer expects {in_ch}; "
-            f"pass a tensor of shape (B, {in_ch}, ...)"
-        )
+    name, kind, expected = first
+    why = input_mismatch(expected, tuple(example_input.shape))
+    if why:
+        raise InputError(f"example_input has shape {tuple(example_input.shape)} but the network's first layer {name!r} "
+                         f"({kind}) {why}; pass a tensor of shape {shape_text(expected)}")
+
+
+def _check_dense_output(model: nn.Module, example_input, output) -> None:
+    """NaN/inf that the dense model already outputs would otherwise be blamed on the first pruned layer."""
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point() or bool(torch.isfinite(output).all()):
+        return
+    tensors = [("parameter", *p) for p in model.named_parameters()] + [("buffer", *b) for b in model.named_buffers()]
+    kind, name = next(((k, n) for k, n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())),
+                      (None, None))
+    if name is not None:
+        where = f"{kind} {name!r} holds non-finite values"
+    elif isinstance(example_input, torch.Tensor) and not bool(torch.isfinite(example_input).all()):
+        where = "example_input itself holds non-finite values"
+    else:  # overflow: one more forward pass, only on this path, finds where
+        layer = _run_and_locate_failure(copy.deepcopy(model).eval(), example_input)[1]
+        where = "every parameter is finite; " + (f"layer {layer!r} is the first to output NaN/inf" if layer else
+                                                 "an operation between the layers outputs NaN/inf")
+    raise InputError(f"the dense model already outputs NaN/inf before pruning ({where}); reload a good checkpoint "
+                     "(or fix the example_input) and prune again")
 
 
 def _run_and_locate_failure(model: nn.Module, example_input) -> Tuple[Any, Optional[str], str]:
@@ -326,24 +379,17 @@ def prune_channels(
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"prune_channels expects a torch.nn.Module, got {type(model).__name__}")
-    fields = ChannelPruningConfig.__dataclass_fields__
-    unknown = [k for k in options if k not in fields]
-    if unknown:
-        raise ConfigError(f"unknown pruning option(s) {unknown}; known: {sorted(fields)}")
-    config = copy.deepcopy(config) if config is not None else ChannelPruningConfig()
-    if ratio is not None:
-        config.ratio = ratio
-    for key, value in options.items():
-        setattr(config, key, value)
-    config.validate()
+    config = pruning_config(ratio, config, **options)
     taylor = (batches, loss_fn, taylor_scores)
     _check_example_input(model, example_input)
     was_training = model.training
+    dense: List[Any] = []
+    hook = model.register_forward_hook(lambda module, inputs, output: dense.append(first_output(output)))
     try:
-        macs0 = count_macs(model, example_input)  # one eval-mode forward pass: also checks the input fits
-    except Exception as e:
-        raise InputError(f"the network cannot run on an example_input of shape "
-                         f"{tuple(getattr(example_input, 'shape', ()))}: {type(e).__name__}: {e}") from e
+        macs0 = count_macs(model, example_input)  # one eval-mode forward pass: checks the input fits, gives the output
+    finally:
+        hook.remove()
+    _check_dense_output(model, example_input, dense[0] if dense else None)
     params0 = count_params(model)
     if config.ratio is not None:
         pruned, plan = _prune_once(model, example_input, config.ratio, config, taylor, network_def)
