@@ -239,7 +239,7 @@ def test_check_rejects_bad_input(series, tmp_path, damage, match):
 
 def test_check_names_the_series_found_when_the_modality_is_missing(volume, tmp_path):
     write_ct_series(volume[0], tmp_path / "mr", modality="MR", series_description="T1 axial")
-    with pytest.raises(InputError, match=r"No CT series .* found only MR 'T1 axial' \(24 images\)"):
+    with pytest.raises(InputError, match=r"No CT series .* found only MR 'T1 axial' \(series 1\) \(24 images, modality MR\)"):
         check_dicom_input(tmp_path)
     assert check_dicom_input(tmp_path, modality="MR")["num_slices"] == 24
     with pytest.raises(InputError, match="at least 30 needed"):

@@ -44,17 +44,16 @@ from monai.utils import optional_import
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.misc import is_dicom
 from pydicom.uid import (
-    UID,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
-    MediaStorageDirectoryStorage,
     MRImageStorage,
     generate_uid,
 )
 
 from ..errors import InputError
+from .preflight import check_dicom_input, position_on_normal
 
 hd, _ = optional_import("highdicom")
 
@@ -64,8 +63,6 @@ __all__ = ["check_dicom_input", "dice", "read_segmentation", "segment_descriptio
 
 VOLUME_SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 XRAY_SOP_CLASSES = {"DX": DigitalXRayImageStorageForPresentation, "CR": ComputedRadiographyImageStorage}
-# Modalities whose instances are single 2D images, not slices of a volume.
-PROJECTION_MODALITIES = ("DX", "CR", "MG", "XA", "RF", "IO", "PX")
 # A fixed date and time keep files written with the same seed byte-identical.
 SYNTHETIC_DATE, SYNTHETIC_TIME = "20240101", "120000"
 
@@ -229,15 +226,6 @@ def write_xray(image, path, modality="DX", pixel_spacing=(0.2, 0.2), study_uid=N
     return str(path)
 
 
-def _slice_normal(ds: Dataset) -> np.ndarray:
-    cosines = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    return np.cross(cosines[:3], cosines[3:])
-
-
-def _position_on_normal(ds: Dataset) -> float:
-    return float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), _slice_normal(ds)))
-
-
 def read_segmentation(seg_path, series_dir) -> np.ndarray:
     """Label array ``(x, y, z)``, laid out like the volume given to :func:`write_ct_series`, from a DICOM SEG.
 
@@ -258,7 +246,7 @@ def read_segmentation(seg_path, series_dir) -> np.ndarray:
     if missing:
         raise InputError(f"{len(missing)} of the {len(wanted)} slices the SEG {Path(seg_path).name} refers to are not "
                          f"in {series_dir}; pass the folder holding the complete segmented series.")
-    sources.sort(key=_position_on_normal)
+    sources.sort(key=position_on_normal)
     labels = seg.get_pixels_by_source_instance(
         [ds.SOPInstanceUID for ds in sources], combine_segments=True, assert_missing_frames_are_empty=True)
     dtype = np.uint8 if max(seg.segment_numbers, default=0) < 256 else np.uint16
@@ -293,153 +281,6 @@ def _read_headers(folder: Path) -> List[Dataset]:
         except Exception as err:  # unreadable files are check_dicom_input's business, not this reader's
             logger.warning("skipped %s: %s", path.name, err)
     return headers
-
-
-def _expected_pixel_bytes(ds: Dataset) -> int:
-    bits = int(ds.get("BitsAllocated", 16))
-    values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
-    return (values + 7) // 8 if bits == 1 else values * bits // 8
-
-
-def _end_of_data(ds: Dataset) -> int:
-    """File offset where the last top-level element of defined length ends (pydicom reads short values silently)."""
-    end = 0
-    for tag in ds.keys():  # tags, not elements: iterating the dataset would convert the raw elements
-        raw = ds.get_item(tag)  # still the RawDataElement read from the file, unless already converted
-        if getattr(raw, "value_tell", None) is not None and raw.length != 0xFFFFFFFF:  # undefined length
-            end = max(end, raw.value_tell + raw.length)
-    return end
-
-
-def _damage(path: Path, ds: Dataset) -> Optional[str]:
-    """What is wrong with a DICOM file that pydicom read without complaint, or None."""
-    size = path.stat().st_size
-    end = _end_of_data(ds)
-    if end > size or 0 < size - end < 8:  # a value, or the header of the next element, cut short
-        return f"it ends at byte {size}, inside an element"
-    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-        return "it has no SOP Class or SOP Instance UID"
-    if "PixelData" not in ds:
-        return "it has no pixel data" if "Rows" in ds or "Image Storage" in UID(ds.SOPClassUID).name else None
-    try:
-        expected = 0 if ds.file_meta.TransferSyntaxUID.is_compressed else _expected_pixel_bytes(ds)
-    except (AttributeError, TypeError, ValueError) as err:
-        return f"the attributes needed to decode its pixels are missing ({err})"
-    if len(ds.PixelData) < expected:
-        return f"it has {len(ds.PixelData)} bytes of pixel data, {expected} expected for {ds.Rows}x{ds.Columns} pixels"
-    return None
-
-
-def _read_image(path: Path, folder: Path) -> Optional[Dataset]:
-    """A checked DICOM image; None (logged) for non-DICOM files and DICOM objects without pixels; else InputError."""
-    if not is_dicom(path):
-        logger.warning("skipped %s in %s: not a DICOM file", path.name, folder)
-        return None
-    try:
-        ds = pydicom.dcmread(path)
-        if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-            logger.info("skipped %s in %s: a DICOMDIR", path.name, folder)
-            return None
-        problem = _damage(path, ds)
-    except Exception as err:
-        problem = f"{type(err).__name__}: {err}"
-    if problem:
-        raise InputError(f"DICOM file {path.name} in {folder} is truncated or corrupt: {problem}. "
-                         "Re-export the series or remove the file.")
-    if "PixelData" not in ds:
-        logger.info("skipped %s in %s: a DICOM object without pixels", path.name, folder)
-        return None
-    return ds
-
-
-def _slice_spacing(series: List[Dataset], folder: Path, description: str) -> float:
-    """The one spacing between the slices' positions along their normal; InputError if they disagree."""
-    if any("ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds for ds in series):
-        raise InputError(f"Series {description} in {folder} has slices without ImagePositionPatient or "
-                         "ImageOrientationPatient; it cannot be stacked into a volume.")
-    cosines = np.array([np.asarray(ds.ImageOrientationPatient, dtype=float) for ds in series])
-    if np.abs(cosines - cosines[0]).max() > 1e-4:
-        raise InputError(f"Slices of series {description} in {folder} have different orientations; "
-                         "select a series of parallel slices.")
-    steps = np.diff(sorted(_position_on_normal(ds) for ds in series))
-    median = float(np.median(steps))
-    tolerance = max(0.01, 0.01 * median)
-    if steps.min() < tolerance:
-        raise InputError(f"Series {description} in {folder} has {int((steps < tolerance).sum())} slice(s) at the "
-                         "same position as another; remove duplicate files.")
-    if steps.max() - steps.min() > tolerance:
-        raise InputError(f"Series {description} in {folder} has inconsistent slice spacing along the slice normal: "
-                         f"from {steps.min():.4g} to {steps.max():.4g} mm (tolerance {tolerance:.2g} mm); slices "
-                         "are missing or misplaced, re-export the complete series.")
-    return median
-
-
-def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_slices: Optional[int] = None) -> Dict:
-    """Check a DICOM input folder before a deploy app runs; one InputError naming the problem otherwise.
-
-    Finds the series of ``modality`` with the most images (files are searched recursively, like the SDK's loader)
-    and checks it. Non-DICOM files are skipped with a warning; a damaged DICOM file is an error. Messages name the
-    folder and file, never a patient identifier.
-
-    Args:
-        folder: the folder the app will read.
-        modality: the modality (or modalities, e.g. ``("DX", "CR")``) the app segments or classifies.
-        min_slices: fewest images the series must have; default 1 for projection images (DX, CR, ...), else 2.
-
-    Returns:
-        ``{"folder", "modality", "series_instance_uid", "series_description", "num_slices", "rows", "columns",
-        "spacing", "skipped_files"}``, ``spacing`` in mm in the ``(x, y, z)`` order of the module docstring
-        (column spacing, row spacing, slice spacing; slice spacing 0.0 for a single image).
-    """
-    folder = Path(folder)
-    wanted = {modality.upper()} if isinstance(modality, str) else {m.upper() for m in modality}
-    if not folder.is_dir():
-        raise InputError(f"DICOM input folder {folder} does not exist or is not a folder; pass the study's folder.")
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if not files:
-        raise InputError(f"DICOM input folder {folder} is empty; copy the study's DICOM files into it.")
-    series: Dict[str, List[Dataset]] = {}
-    skipped = 0
-    for path in files:
-        ds = _read_image(path, folder)
-        if ds is None or "SeriesInstanceUID" not in ds:
-            skipped += 1
-            continue
-        series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
-    if not series:
-        examples = ", ".join(p.name for p in files[:3])
-        raise InputError(f"No DICOM image in {folder}: none of its {len(files)} file(s) ({examples}"
-                         f"{', ...' if len(files) > 3 else ''}) is a DICOM image; pass a folder of DICOM files.")
-    matching = {uid: items for uid, items in series.items() if str(items[0].get("Modality", "")).upper() in wanted}
-    if not matching:
-        found = "; ".join(f"{items[0].get('Modality', '?')} {str(items[0].get('SeriesDescription', '')).strip()!r} "
-                          f"({len(items)} images)" for items in series.values())
-        raise InputError(f"No {'/'.join(sorted(wanted))} series in {folder}: found only {found}. "
-                         f"The app needs a {'/'.join(sorted(wanted))} series.")
-    uid, chosen = max(matching.items(), key=lambda item: len(item[1]))
-    first = chosen[0]
-    chosen_modality = str(first.Modality).upper()
-    description = repr(str(first.get("SeriesDescription", "")).strip() or uid)
-    projection = chosen_modality in PROJECTION_MODALITIES
-    needed = min_slices if min_slices is not None else (1 if projection else 2)
-    if len(chosen) < needed:
-        raise InputError(f"Series {description} in {folder} has {len(chosen)} image(s), at least {needed} needed.")
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in chosen}
-    if len(shapes) > 1:
-        raise InputError(f"Images of series {description} in {folder} differ in size: {sorted(shapes)}.")
-    pixel = first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or [1.0, 1.0]
-    slice_spacing = 0.0 if projection or len(chosen) == 1 else _slice_spacing(chosen, folder, description)
-    return {
-        "folder": str(folder),
-        "modality": chosen_modality,
-        "series_instance_uid": uid,
-        "series_description": str(first.get("SeriesDescription", "")),
-        "num_slices": len(chosen),
-        "rows": int(first.Rows),
-        "columns": int(first.Columns),
-        "spacing": (float(pixel[1]), float(pixel[0]), slice_spacing),
-        "skipped_files": skipped,
-    }
 
 
 def dice(a, b, label=1) -> float:

@@ -1,0 +1,86 @@
+"""The series a deploy app segments, chosen by one stated rule on folders shaped like real exports (issue 17)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from dicom_studies import (add_exam_summary, add_localizer, deidentify, realistic_study, series_uid_of,
+                           study_uid_of)
+from monai_prune.deploy.dicom import check_dicom_input, write_ct_series
+from monai_prune.errors import InputError
+
+HU = np.full((32, 32, 20), 40.0)
+
+
+def test_the_axial_ct_series_is_chosen_past_localizer_reformat_summary_and_sr(tmp_path):
+    ct = realistic_study(HU, tmp_path)
+    summary = check_dicom_input(tmp_path)
+    assert summary["series_instance_uid"] == series_uid_of(ct) and summary["num_slices"] == 20
+    skipped = " | ".join(summary["skipped_series"])
+    assert "'Topogram 0.6 T20f' (series 1): a localizer" in skipped
+    assert "'Cor 3mm' (series 5): not axial" in skipped
+    assert "'Exam Summary' (series 999): a secondary capture" in skipped
+    assert summary["skipped_files"] == 1  # the dose SR: no pixel data, skipped (not "corrupt")
+
+
+def test_only_the_summary_and_localizer_is_a_clear_refusal(tmp_path):
+    ct = tmp_path / "ct"
+    write_ct_series(HU[:, :, :3], ct)
+    study = study_uid_of(ct)
+    for path in ct.iterdir():
+        path.unlink()
+    add_localizer(tmp_path, study)
+    add_exam_summary(tmp_path, study)
+    with pytest.raises(InputError, match=r"No CT series .* that the app can segment: found only .*'Topogram "
+                                         r"0.6 T20f' \(series 1\) \(3 images, a localizer\).*'Exam Summary'.*"
+                                         r"a secondary capture") as info:
+        check_dicom_input(tmp_path)
+    assert "1.2." not in str(info.value) and "<uid>" not in str(info.value)
+
+
+def test_two_studies_of_one_patient_most_slices_unless_named(tmp_path):
+    big = tmp_path / "study1"
+    write_ct_series(HU, big, series_description="Abdomen 2.0", seed=1)
+    small = tmp_path / "study2"
+    write_ct_series(HU[:, :, :12], small, series_description="Abdomen follow-up", seed=2)
+    assert study_uid_of(big) != study_uid_of(small)
+    assert check_dicom_input(tmp_path)["series_instance_uid"] == series_uid_of(big)
+    chosen = check_dicom_input(tmp_path, series_uid=series_uid_of(small))
+    assert chosen["series_instance_uid"] == series_uid_of(small) and chosen["num_slices"] == 12
+    assert check_dicom_input(tmp_path, series_description="follow")["series_instance_uid"] == series_uid_of(small)
+    with pytest.raises(InputError, match="2 series .* match --series-description 'abdomen'.*name exactly one"):
+        check_dicom_input(tmp_path, series_description="abdomen")
+    with pytest.raises(InputError, match="No eligible series .* matches the SeriesInstanceUID given; the eligible "
+                                         "series are: 'Abdomen 2.0' \\(series 1\\); 'Abdomen follow-up'"):
+        check_dicom_input(tmp_path, series_uid="1.2.3.4.5.6")
+    with pytest.raises(InputError, match="not a regular expression"):
+        check_dicom_input(tmp_path, series_description="(")
+
+
+def test_a_larger_series_with_missing_slices_is_passed_over(tmp_path):
+    broken = tmp_path / "thin"
+    write_ct_series(np.full((32, 32, 30), 40.0), broken, series_description="thin", seed=3)
+    os.remove(sorted(broken.glob("*.dcm"))[10])  # a slice lost in transfer
+    good = tmp_path / "thick"
+    write_ct_series(HU, good, series_description="thick", seed=4)
+    summary = check_dicom_input(tmp_path)
+    assert summary["series_instance_uid"] == series_uid_of(good)
+    assert any("'thin'" in s and "inconsistent slice spacing" in s for s in summary["skipped_series"])
+    os.remove(sorted(good.glob("*.dcm"))[5])
+    with pytest.raises(InputError, match="'thin' .* inconsistent slice spacing"):
+        check_dicom_input(tmp_path)
+
+
+def test_two_patients_are_refused(tmp_path):
+    write_ct_series(HU, tmp_path / "a", patient_id="PAT-A", patient_name="Doe^Jane", seed=5)
+    write_ct_series(HU[:, :, :10], tmp_path / "b", patient_id="PAT-B", patient_name="Roe^Rick", seed=6)
+    with pytest.raises(InputError, match="holds images of 2 different patients") as info:
+        check_dicom_input(tmp_path)
+    assert "PAT-" not in str(info.value) and "Doe" not in str(info.value)
+
+
+def test_a_deidentified_study_is_accepted(tmp_path):
+    ct = realistic_study(HU, tmp_path)
+    deidentify(tmp_path)
+    assert check_dicom_input(tmp_path)["series_instance_uid"] == series_uid_of(ct)
