@@ -7,16 +7,20 @@ stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import warnings
 from typing import List, Optional
 
 import torch
 
 from .errors import InputError, MonaiPruneError
-from .utils import configure_logging, same_file
+from .utils import configure_logging
 
 logger = logging.getLogger("monai_prune.cli")
 
@@ -31,12 +35,22 @@ def _shape(text: str) -> List[int]:
     return shape
 
 
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an error message (torch's and MONAI's run over several lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def load_network_def(text: str) -> dict:
     """A network constructor in MONAI bundle syntax, given inline as JSON or as a .json/.yaml file."""
     if os.path.exists(text):
         from monai.bundle import ConfigParser
 
-        data = ConfigParser.load_config_file(text)
+        try:
+            data = ConfigParser.load_config_file(text)
+        except Exception as e:  # json/yaml parse errors, an unknown extension, an unreadable file
+            raise InputError(f"--network file {text} is not valid JSON/YAML ({_first_line(e)}); expected an object "
+                             'like {"_target_": "monai.networks.nets.UNet", ...}') from e
     else:
         try:
             data = json.loads(text)
@@ -45,7 +59,9 @@ def load_network_def(text: str) -> dict:
     if isinstance(data, dict) and "_target_" not in data and isinstance(data.get("network_def"), dict):
         data = data["network_def"]
     if not isinstance(data, dict) or "_target_" not in data:
-        raise InputError('--network needs a "_target_", e.g. {"_target_": "monai.networks.nets.UNet", ...}')
+        raise InputError('--network needs a "_target_", e.g. {"_target_": "monai.networks.nets.UNet", ...}; got '
+                         + (f"a JSON {type(data).__name__}" if not isinstance(data, dict) else
+                            f"an object with keys {sorted(data)}"))
     return data
 
 
@@ -55,22 +71,48 @@ def build_network(network_def: dict) -> torch.nn.Module:
     try:
         return ConfigParser({"net": network_def}).get_parsed_content("net")
     except Exception as e:
-        raise InputError(f"could not build the network from {network_def.get('_target_')}: {e}") from e
+        cause = e.__cause__ if e.__cause__ is not None else e  # MONAI wraps the constructor's error
+        raise InputError(f"could not build the network from {network_def.get('_target_')}: {_first_line(cause)}") from e
 
 
 def load_weights(path: str) -> dict:
     """A state dict (or a MONAI CheckpointSaver file holding one under "model"), loaded with weights_only=True."""
+    import pickle
+
     if not os.path.isfile(path):
         raise InputError(f"weights file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path} is not a state dict that loads with weights_only=True: {e}") from e
+        with warnings.catch_warnings():  # a pickle protocol note about a file we then refuse anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(f"{path} is not a weights-only PyTorch state dict: it pickles other Python objects (e.g. a "
+                         "whole torch.save(model)), which could run code when loaded, so it was not loaded; save "
+                         "model.state_dict() instead") from e
+    except Exception as e:  # torch reports a truncated or damaged file as RuntimeError/EOFError/...
+        raise InputError(f"{path} is not a weights-only PyTorch state dict, or it is corrupt or truncated "
+                         f"({_first_line(e).split('. ')[0]}); it was not loaded") from e
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    if not isinstance(state, dict):
-        raise InputError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path} does not hold a state dict (names to tensors); it was not loaded")
     return state
+
+
+def load_weights_into(model: torch.nn.Module, state: dict, path: str) -> None:
+    """``model.load_state_dict(state)``, with torch's many-line mismatch report turned into one sentence."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise InputError(f"weights {path} do not fit the network: {key} has shape {list(value.shape)} in the file "
+                             f"but {list(own[key].shape)} in the network (first mismatch); check --network")
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise InputError(f"weights {path} do not fit the network: " + "; ".join(
+            f"{what} {len(keys)} keys (first: {keys[0]})" for what, keys in (("missing", missing),
+                                                                            ("unexpected", unexpected)) if keys)
+            + "; check --network")
+    model.load_state_dict(state)
 
 
 def _cmd_demo(args) -> int:
@@ -96,21 +138,50 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _check_new_output(out: str) -> None:
+    """``out`` must not exist, or be an empty folder: a command never mixes its files with the user's."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} exists and is not a directory: choose a new folder (nothing was written)")
+    if os.path.isdir(out) and os.listdir(out):
+        raise InputError(f"output {out} exists and is not empty: choose a new folder (nothing was written)")
+
+
+def _check_free_space(folder: str, out: str, needed: int) -> None:
+    """Refuse before writing when the disk cannot hold the output: torch.jit.save aborts the whole process (a C++
+    exception in a destructor) when the disk fills up under it, so that failure cannot be caught afterwards."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise InputError(f"no space left on device writing {out}: about {needed / 1e6:.2f} MB needed, "
+                         f"{free / 1e6:.2f} MB free (nothing was written)")
+
+
+def _disk_full(error: BaseException, folder: str) -> bool:
+    """Whether ``error`` says the disk is full. torch's C++ writers (torch.save, torch.jit.save) report a full disk as
+    a bare ``RuntimeError`` ("file write failed"), so for them the free space left beside the output decides."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    if isinstance(error, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            return False
+    return False
+
+
 def _cmd_prune(args) -> int:
     from . import count_macs, count_params, prune_channels
     from .export import export_onnx, export_torchscript
-    from .utils import atomic_path, atomic_write_text
+    from .measure import state_dict_bytes
+    from .utils import atomic_path, atomic_write_text, give_umask_mode
 
+    out = args.out
+    _check_new_output(out)
     network_def = load_network_def(args.network)
     model = build_network(network_def)
     if args.weights:
-        model.load_state_dict(load_weights(args.weights))
-    out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {out} exists and is not a directory")
-    targets = {name: os.path.join(out, name) for name in ("plan.json", "model.pt", "model.ts", "model.onnx")}
-    if args.weights and any(same_file(args.weights, t) for t in targets.values()):
-        raise InputError(f"--out {out} would overwrite the input weights {args.weights}; choose another folder")
+        load_weights_into(model, load_weights(args.weights), args.weights)
+    names = ("plan.json", "model.pt", "model.ts", "model.onnx")
+    targets = {name: os.path.join(out, name) for name in names}
     example = torch.zeros(*args.input_shape)
     options = {"importance": args.importance, "round_to": args.round_to, "ignore": args.ignore or [],
                "global_pruning": args.global_pruning}
@@ -118,17 +189,39 @@ def _cmd_prune(args) -> int:
         options["target_macs"] = args.target_macs
     pruned, plan = prune_channels(model, example, ratio=args.ratio if args.target_macs is None else None,
                                   network_def=network_def, **options)
-    os.makedirs(out, exist_ok=True)
-    plan.save(targets["plan.json"])
-    with atomic_path(targets["model.pt"]) as tmp:
-        torch.save(pruned.state_dict(), tmp)
-    ts = export_torchscript(pruned, example, targets["model.ts"])
-    onnx = export_onnx(pruned, example, targets["model.onnx"])
-    summary = {"macs_before": count_macs(model, example), "macs_after": count_macs(pruned, example),
-               "params_before": count_params(model), "params_after": count_params(pruned),
-               "torchscript_max_abs_diff": ts.max_abs_diff, "onnx_max_abs_diff": onnx.max_abs_diff,
-               "plan_checksum": plan.checksum, "files": targets}
-    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
+    # every file goes into a private folder beside OUT, renamed onto OUT when all are written: a failure (a full
+    # disk, an export error) leaves no half-written output
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    _check_free_space(parent, out, 3 * state_dict_bytes(pruned) + (256 << 10))  # model.pt, .ts, .onnx + plan, code
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
+    give_umask_mode(staging)  # mkdtemp's folder is private; OUT gets the usual permissions
+    staged = {name: os.path.join(staging, name) for name in names}
+    writing = os.path.join(out, "plan.json")
+    try:
+        plan.save(staged["plan.json"])
+        writing = targets["model.pt"]
+        with atomic_path(staged["model.pt"]) as tmp:
+            torch.save(pruned.state_dict(), tmp)
+        writing = targets["model.ts"]
+        ts = export_torchscript(pruned, example, staged["model.ts"])
+        writing = targets["model.onnx"]
+        onnx = export_onnx(pruned, example, staged["model.onnx"])
+        summary = {"macs_before": count_macs(model, example), "macs_after": count_macs(pruned, example),
+                   "params_before": count_params(model), "params_after": count_params(pruned),
+                   "torchscript_max_abs_diff": ts.max_abs_diff, "onnx_max_abs_diff": onnx.max_abs_diff,
+                   "plan_checksum": plan.checksum, "files": targets}
+        writing = os.path.join(out, "summary.json")
+        atomic_write_text(os.path.join(staging, "summary.json"), json.dumps(summary, indent=1))
+        writing = out
+        os.replace(staging, out)  # onto a missing or empty folder
+    except Exception as e:
+        full = _disk_full(e, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if full:
+            raise InputError(f"no space left on device writing {writing}: free some space or choose another --out "
+                             "(nothing was written)") from e
+        raise
     print(f"MACs {summary['macs_before'] / 1e9:.3f}G -> {summary['macs_after'] / 1e9:.3f}G "
           f"({summary['macs_after'] / summary['macs_before']:.2f}x), params {summary['params_before'] / 1e6:.2f}M -> "
           f"{summary['params_after'] / 1e6:.2f}M; wrote {', '.join(targets.values())}")
@@ -169,9 +262,48 @@ def _override(text: str):
         return key, value
 
 
+def _schedule_ids(config, prefix: str = "") -> List[str]:
+    """Ids (``prune#schedule``) of the recipe's sparsity schedules: components built from plain recipe values."""
+    found: List[str] = []
+    if isinstance(config, dict):
+        if str(config.get("_target_", "")).startswith("monai_prune.schedules."):
+            return [prefix]
+        for key, value in config.items():
+            found += _schedule_ids(value, f"{prefix}#{key}" if prefix else str(key))
+    return found
+
+
+def check_recipe_overrides(recipe: str, overrides: dict) -> None:
+    """Build the recipe's sparsity schedules with the ``--set`` values, so a bad value (``prune#final_sparsity=1.5``)
+    is refused now rather than after the dense model was evaluated, when the trainer is built."""
+    from monai.bundle import ConfigParser
+
+    from .bundle import recipe_path
+    from .errors import ConfigError
+
+    if not overrides:
+        return
+    parser = ConfigParser(ConfigParser.load_config_file(recipe_path(recipe)))
+    for key, value in overrides.items():
+        if key in parser:
+            parser[key] = value
+    for schedule in _schedule_ids(parser.get()):
+        try:
+            parser.get_parsed_content(schedule)
+        except Exception as e:
+            error = _our_error(e)
+            if error is None:  # it needs the bundle (e.g. @network): checked when the bundle's trainer is built
+                continue
+            section = schedule.split("#", 1)[0] + "#"
+            given = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if k.startswith(section)]
+            raise ConfigError(f"{schedule}" + (f" with --set {', '.join(given)}" if given else "")
+                              + f": {error} (nothing was written)") from e
+
+
 def _cmd_compress_bundle(args) -> int:
     from .bundle import compress_bundle
 
+    check_recipe_overrides(args.recipe, dict(args.set or []))
     result = compress_bundle(args.src, args.recipe, args.out, epochs=args.epochs, overrides=dict(args.set or []),
                              int8=args.int8, calibration_samples=args.calibration, target_device=args.target_device,
                              dry_run=args.dry_run, input_shape=args.input_shape,
@@ -281,18 +413,21 @@ def _csv(kind=str):
 
 def _cmd_search(args) -> int:
     from .search import SearchConfig
-    from .search_workflow import SearchDemoConfig, quick_search_config, run_search_demo
+    from .search_workflow import SearchDemoConfig, check_search_demo, quick_search_config, run_search_demo
 
     guardrails = _guardrails(args)
-    if not guardrails:
+    defaulted = not guardrails
+    if defaulted:
         guardrails = {"max_delta_dice": 0.02}
-        logging.getLogger(__name__).info("no guardrails given: max_delta_dice 0.02 (per class)")
     options = {k: getattr(args, k) for k in ("ratios", "strategy", "bisect_steps", "layer_modes", "precisions",
                                               "backends", "objective", "int8_keep_fp32") if getattr(args, k) is not None}
     search_config = SearchConfig(**options)
     config = quick_search_config() if args.quick else SearchDemoConfig()
     if args.finetune_epochs is not None:
         config.finetune_epochs = args.finetune_epochs
+    check_search_demo(args.out, guardrails, search_config, config)  # refused before anything is trained or written
+    if defaulted:
+        logging.getLogger(__name__).info("no guardrails given: max_delta_dice 0.02 (per class)")
     result = run_search_demo(args.out, guardrails, search_config, config)
     print(result.table())
     print()
@@ -419,18 +554,57 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _our_error(error: Optional[BaseException]) -> Optional[MonaiPruneError]:
+    """The first :class:`MonaiPruneError` behind ``error``: MONAI's ConfigParser raises ``RuntimeError("Failed to
+    instantiate component ...")`` from what a component's constructor raised. Only ``RuntimeError`` wrappers are
+    looked through by their implicit ``__context__``, so a programming error (NameError, TypeError, ...) raised while
+    handling one of ours still shows its own traceback."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, MonaiPruneError):
+            return error
+        seen.add(id(error))
+        if error.__cause__ is not None:
+            error = error.__cause__
+        elif isinstance(error, RuntimeError) and not error.__suppress_context__:
+            error = error.__context__
+        else:
+            return None
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    # holoscan (pulled in by `import monai` when MONAI Deploy is installed) warns about the stack size on import; it
+    # concerns its GPU apps, not this command, and would turn every one-line error into three lines
+    warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
     parser = make_parser()
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+
+    def fail(message) -> int:
+        print(f"monai-prune {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return 2
+
     try:
         return args.func(args)
     except MonaiPruneError as e:
-        print(f"monai-prune {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        print(f"monai-prune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        return fail(e)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = e.filename2 or e.filename
+        return fail(f"no space left on device writing {where if where else 'the output'} (nothing more was written)")
+    except Exception as e:
+        ours = _our_error(e)
+        if ours is None:
+            raise
+        return fail(ours)
 
 
 if __name__ == "__main__":

@@ -388,8 +388,16 @@ def write_search_report(run_dir: str) -> Dict[str, str]:
     summary_path = os.path.join(run_dir, "search.json")
     if not os.path.isfile(summary_path):
         raise InputError(f"{run_dir} has no search.json: give the output folder of `monai-prune search`")
-    with open(summary_path, encoding="utf-8") as f:
-        summary = json.load(f)
+    try:
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{summary_path} is not valid JSON ({getattr(e, 'msg', e)}): not a search summary written by "
+                         "`monai-prune search`; run the search again (nothing was written)") from e
+    expected = ("dense", "candidates", "chosen", "config", "guardrails", "backends", "reason")
+    if not isinstance(summary, dict) or any(key not in summary for key in expected):
+        raise InputError(f"{summary_path} is not a search summary written by `monai-prune search` (a JSON object with "
+                         f"{', '.join(expected)}); run the search again (nothing was written)")
     dense, rows, chosen = summary["dense"], summary["candidates"], summary["chosen"]
     written: Dict[str, str] = {}
     if rows:

@@ -151,21 +151,25 @@ class SearchResult:
 
 # ------------------------------------------------------------------------------------------------------------ the log
 class SearchLog:
-    """``candidates.jsonl``: one JSON object per line, appended and flushed as each measurement is taken."""
+    """``candidates.jsonl``: one JSON object per line, appended and flushed as each measurement is taken.
+
+    A last line cut short (a run killed while writing it) is dropped with a warning and the search resumes without
+    it; any other line that is not a record is an error that names the line."""
 
     def __init__(self, path: str, fingerprint: Dict[str, Any]) -> None:
         self.path, self.fingerprint = path, fingerprint
         self.records: Dict[str, Dict[str, Any]] = {}
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                lines = [json.loads(line) for line in f if line.strip()]
-            if not lines or lines[0].get("kind") != "header":
-                raise ConfigError(f"{path} is not a monai-prune search log; give another output folder")
-            if lines[0]["fingerprint"] != fingerprint:
-                changed = sorted(k for k in set(fingerprint) | set(lines[0]["fingerprint"])
-                                 if fingerprint.get(k) != lines[0]["fingerprint"].get(k))
-                raise ConfigError(f"{path} was written by a different setup ({', '.join(changed)} changed); its "
-                                  "measurements do not apply: give another output folder (nothing was changed)")
+            lines, whole = read_search_log(path)
+            check_fingerprint(path, lines[0]["fingerprint"], fingerprint)
+            if whole < os.path.getsize(path):
+                logger.warning("%s: dropped its last line, cut short by an interrupted run (%d bytes); that "
+                               "measurement is taken again", path, os.path.getsize(path) - whole)
+                with open(path, "r+b") as f:
+                    f.truncate(whole)
+            elif whole and not _ends_with_newline(path):  # killed between a record and its newline
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write("\n")
             self.records = {r["key"]: r for r in lines[1:]}
             logger.info("resuming the search from %s: %d measurements already taken", path, len(self.records))
         else:
@@ -185,6 +189,108 @@ class SearchLog:
         self.records[record["key"]] = record
         self._append(record)
         return record
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def read_search_log(path: str) -> tuple:
+    """``(records, whole)``: the records of a search log (the header first) and the byte length of its whole lines;
+    a last line cut short by an interrupted run is left out (``whole`` ends before it). Reads only."""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    records: List[Dict[str, Any]] = []
+    offset = 0
+    for number, raw in enumerate(lines, 1):
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+            except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                if number == len(lines):  # no newline after it: its write was cut short
+                    return _checked_header(path, records), offset
+                raise ConfigError(f"{path} line {number} is not valid JSON ({getattr(e, 'msg', e)}): the search log is "
+                                  "damaged; remove that line to measure it again, or give another output folder "
+                                  "(nothing was changed)") from e
+            if not isinstance(record, dict) or not (record.get("kind") == "header" if number == 1 else "key" in record):
+                raise ConfigError(f"{path} line {number} is not a search " + ("log header" if number == 1 else "record")
+                                  + ": not a monai-prune search log; give another output folder (nothing was changed)")
+            records.append(record)
+        offset += len(raw) + (1 if number < len(lines) else 0)
+    return _checked_header(path, records), offset
+
+
+def _checked_header(path: str, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    if not records or records[0].get("kind") != "header" or not isinstance(records[0].get("fingerprint"), dict):
+        raise ConfigError(f"{path} is not a monai-prune search log; give another output folder")
+    return records
+
+
+def check_fingerprint(path: str, stored: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                      ignore: Sequence[str] = ()) -> None:
+    """A log written by another setup (other weights, input, fine-tuning, ...) is refused, never mixed in."""
+    changed = sorted(k for k in set(fingerprint) | set(stored)
+                     if k not in ignore and fingerprint.get(k) != stored.get(k))
+    if changed:
+        raise ConfigError(f"{path} was written by a different setup ({', '.join(changed)} changed); its "
+                          "measurements do not apply: give another output folder (nothing was changed)")
+
+
+def search_fingerprint(model: nn.Module, example_input: torch.Tensor, setup_id: str, config: "SearchConfig",
+                       finetune: Optional[Callable[[nn.Module, nn.Module], None]]) -> Dict[str, Any]:
+    """What makes two searches' measurements comparable: the log's header."""
+    return {"architecture": architecture_signature(model), "weights": weights_digest(model),
+            "input": list(example_input.shape), "setup": setup_id, "importance": config.importance,
+            "seed": config.seed, "sensitivity_ratios": sorted(float(r) for r in config.sensitivity_ratios),
+            "finetune": getattr(finetune, "__qualname__", None) if finetune is not None else None}
+
+
+def check_resumable(out_dir: str, fingerprint: Mapping[str, Any], ignore: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an ``out_dir`` that a search cannot write to or resume: a file, a damaged
+    ``search.json`` or ``candidates.jsonl``, a log of another setup. Reads only."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"output {out_dir} exists and is not a directory: give a folder (nothing was written)")
+    summary = os.path.join(out_dir, "search.json")
+    if os.path.exists(summary):
+        try:
+            with open(summary, encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as e:
+            raise ConfigError(f"{summary} is not valid JSON ({getattr(e, 'msg', e)}): not the summary of a monai-prune "
+                              "search; remove it or give another output folder (nothing was changed)") from e
+        if not isinstance(data, dict) or "fingerprint" not in data:
+            raise ConfigError(f"{summary} is not the summary of a monai-prune search (a JSON object with "
+                              "'fingerprint'); remove it or give another output folder (nothing was changed)")
+    log = os.path.join(out_dir, "candidates.jsonl")
+    if os.path.exists(log):
+        records, _ = read_search_log(log)
+        check_fingerprint(log, records[0]["fingerprint"], fingerprint, ignore)
+
+
+def check_search_arguments(guardrails: Mapping[str, Any], config: "SearchConfig", calibration_given: bool) -> List[str]:
+    """Every argument of :func:`search` that can be checked before any work; returns the backends to time."""
+    from .runtime import available_backends
+
+    config.validate()
+    validate_guardrails(guardrails)
+    if not guardrails:
+        raise ConfigError("search needs at least one guardrail (e.g. max_delta_dice 0.02): without one the most "
+                          "compressed candidate would win whatever it lost")
+    backends = list(config.backends or available_backends())
+    missing = [b for b in backends if b not in available_backends()]
+    if missing:
+        raise ConfigError(f"backends {missing} are not installed here; available: {available_backends()}")
+    if "int8" in config.precisions:
+        from .quantization.ptq import QUANT_BACKENDS
+
+        if not calibration_given:
+            raise ConfigError("precision int8 needs calibration= (monai_prune.calibration_data(...))")
+        if not [b for b in backends if b in QUANT_BACKENDS]:
+            raise ConfigError(f"precision int8 needs one of the int8 backends {QUANT_BACKENDS} among {backends}")
+    return backends
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -270,37 +376,18 @@ def search(
 
     Raises :class:`SearchError` (after writing ``search.json`` and the plots) when nothing holds the guardrails.
     """
-    from .runtime import available_backends
-
     if not isinstance(model, nn.Module):
         raise InputError(f"search expects a torch.nn.Module, got {type(model).__name__}")
     for name, fn in (("evaluate", evaluate), ("latency", latency)):
         if not callable(fn):
             raise InputError(f"{name} must be callable, got {type(fn).__name__}")
     config = copy.deepcopy(config) if config is not None else SearchConfig()
-    config.validate()
     guardrails = dict(guardrails or {})
-    validate_guardrails(guardrails)
-    if not guardrails:
-        raise ConfigError("search needs at least one guardrail (e.g. max_delta_dice 0.02): without one the most "
-                          "compressed candidate would win whatever it lost")
-    backends = list(config.backends or available_backends())
-    missing = [b for b in backends if b not in available_backends()]
-    if missing:
-        raise ConfigError(f"backends {missing} are not installed here; available: {available_backends()}")
-    if "int8" in config.precisions:
-        from .quantization.ptq import QUANT_BACKENDS
-
-        if calibration is None:
-            raise ConfigError("precision int8 needs calibration= (monai_prune.calibration_data(...))")
-        if not [b for b in backends if b in QUANT_BACKENDS]:
-            raise ConfigError(f"precision int8 needs one of the int8 backends {QUANT_BACKENDS} among {backends}")
+    backends = check_search_arguments(guardrails, config, calibration is not None)
     model = copy.deepcopy(model).eval()
+    fingerprint = search_fingerprint(model, example_input, setup_id, config, finetune)
+    check_resumable(out_dir, fingerprint)
     os.makedirs(out_dir, exist_ok=True)
-    fingerprint = {"architecture": architecture_signature(model), "weights": weights_digest(model),
-                   "input": list(example_input.shape), "setup": setup_id, "importance": config.importance,
-                   "seed": config.seed, "sensitivity_ratios": sorted(float(r) for r in config.sensitivity_ratios),
-                   "finetune": getattr(finetune, "__qualname__", None) if finetune is not None else None}
     log = SearchLog(os.path.join(out_dir, "candidates.jsonl"), fingerprint)
     run = _Run(model, example_input, evaluate, latency, guardrails, out_dir, finetune, config, calibration, log,
                backends, network_def)

@@ -21,7 +21,8 @@ import torch
 
 from .data import SPACING_MM, ct_transforms, write_ct_dataset
 from .measure import sliding_window_latency
-from .search import SearchConfig, SearchResult, search
+from .errors import ConfigError
+from .search import SearchConfig, SearchResult, check_resumable, check_search_arguments, search, search_fingerprint
 from .utils import atomic_path, atomic_write_text
 from .workflows import SPLEEN_UNET_DEF, spleen_unet, train_segmentation
 
@@ -123,11 +124,17 @@ def _dense_model(out: str, train: List[Dict[str, str]], config: SearchDemoConfig
     weights, stamp = os.path.join(folder, "model.pt"), os.path.join(folder, "config.json")
     net = spleen_unet()
     if os.path.isfile(weights) and os.path.isfile(stamp):
-        with open(stamp, encoding="utf-8") as f:
-            if json.load(f).get("digest") == config.digest():
+        try:
+            with open(stamp, encoding="utf-8") as f:
+                same = json.load(f).get("digest") == config.digest()
+            if same:
                 net.load_state_dict(torch.load(weights, weights_only=True))
-                logger.info("dense UNet loaded from %s (trained by an earlier run with the same config)", weights)
-                return net.eval()
+        except Exception as e:  # a damaged or foreign file where this search keeps its dense model
+            raise ConfigError(f"{folder} holds a dense model this search cannot read ({(str(e).strip().splitlines() or [type(e).__name__])[0]}): "
+                              f"remove {folder} to train it again, or give another output folder") from e
+        if same:
+            logger.info("dense UNet loaded from %s (trained by an earlier run with the same config)", weights)
+            return net.eval()
     logger.info("training the dense spleen-style UNet for %d epochs", config.epochs)
     train_segmentation(net, train, config.epochs, roi=config.train_roi, seed=config.seed)
     os.makedirs(folder, exist_ok=True)
@@ -135,6 +142,29 @@ def _dense_model(out: str, train: List[Dict[str, str]], config: SearchDemoConfig
         torch.save(net.state_dict(), tmp)
     atomic_write_text(stamp, json.dumps({"digest": config.digest(), "network_def": SPLEEN_UNET_DEF}))
     return net.eval()
+
+
+def check_search_demo(out: str, guardrails: Mapping[str, Any], search_config: SearchConfig,
+                      config: SearchDemoConfig) -> None:
+    """Everything :func:`run_search_demo` can refuse, checked before it writes or trains anything: the search's
+    arguments, the guardrails' class names, and an earlier search in ``out`` (a damaged log or summary, another
+    setup; the dense weights are compared once trained or reloaded)."""
+    if not isinstance(config.finetune_epochs, int) or config.finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs must be a non-negative integer, got {config.finetune_epochs!r}")
+    check_search_arguments(dict(guardrails), search_config, calibration_given=True)  # calibration: made here
+    floors = guardrails.get("min_dice")
+    if isinstance(floors, Mapping):
+        unknown = sorted(set(floors) - set(CLASS_NAMES))
+        if unknown:
+            raise ConfigError(f"min_dice names classes {unknown} that this search does not have; its classes: "
+                              f"{CLASS_NAMES}")
+    fingerprint = search_fingerprint(spleen_unet(), torch.zeros(1, 1, *config.bench_roi), _setup_id(config),
+                                     search_config, distillation_finetune([], config))
+    check_resumable(out, fingerprint, ignore=("weights",))
+
+
+def _setup_id(config: SearchDemoConfig) -> str:
+    return f"synthetic-ct:{config.digest()}"
 
 
 def run_search_demo(out: str, guardrails: Mapping[str, Any], search_config: Optional[SearchConfig] = None,
@@ -146,6 +176,7 @@ def run_search_demo(out: str, guardrails: Mapping[str, Any], search_config: Opti
 
     config = config or SearchDemoConfig()
     search_config = search_config or SearchConfig(precisions=("fp32", "int8"))
+    check_search_demo(out, guardrails, search_config, config)
     torch.manual_seed(config.seed)
     data = os.path.join(out, "data")
     train = write_ct_dataset(os.path.join(data, "train"), config.train_volumes, config.size, seed=config.seed)
@@ -164,4 +195,4 @@ def run_search_demo(out: str, guardrails: Mapping[str, Any], search_config: Opti
                   latency=latency_workload(volume, config.bench_roi, config.repeats), guardrails=guardrails,
                   out_dir=out, finetune=distillation_finetune(train, config), config=search_config,
                   calibration=calibration, agreement_inputs=val_inputs, network_def=SPLEEN_UNET_DEF,
-                  setup_id=f"synthetic-ct:{config.digest()}", title="spleen-style UNet (synthetic CT)")
+                  setup_id=_setup_id(config), title="spleen-style UNet (synthetic CT)")
