@@ -12,8 +12,8 @@ in a private working copy. The result is a new bundle folder, written under a te
   ``model.ts`` (the model-zoo ``inference_trt.json`` pattern); the other configs copied;
 * ``configs/metadata.json``: new version + changelog entry, a ``compression`` section (recipe, plan checksum,
   calibration hash, params/MACs/size before -> after, measured latency ratio of the bundle's whole inferer and of
-  one network call, the evaluator's metrics and per-class metrics before -> after) and the sha256 of every model
-  file;
+  one network call, the evaluator's metrics and per-class metrics before -> after), the sha256 of every model
+  file (``model_files``) and of every other file in ``configs/`` (``config_files``, checked before deploy parses them);
 * ``docs/fidelity_card.json`` / ``docs/fidelity_card.md``: the :class:`~monai_prune.fidelity.FidelityCard` (per-class
   before -> after, cost, backend agreement, worst cases, guardrails held or broken; its first line says PASS,
   DEGRADED or UNGUARDED), also under ``fidelity_card`` in the metadata's ``compression`` section;
@@ -22,15 +22,21 @@ in a private working copy. The result is a new bundle folder, written under a te
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import statistics
+import sys
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -45,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 SKIPPED = ("models", "data", "eval", "__pycache__")  # not copied from the source bundle
+RUN_SKIPPED = ("configs", "models", "eval", "__pycache__")  # not mirrored into the private run folder
+COPY_LIMIT = 1 << 20  # source files up to this size are copied into the private run folder, larger ones linked
+OWNER_FILE = "owner.json"  # in a run's work folder: the host whose process (pid in the folder name) owns it
 INT8_BACKENDS = ("onnxruntime", "openvino", "auto")
 
 
@@ -84,6 +93,21 @@ def _get(config: Dict[str, Any], key: str) -> Tuple[bool, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+def _refuse_nested(src: str, out: str) -> None:
+    """``out`` may be neither the source bundle nor inside it (the work folder beside ``out`` would be copied into
+    itself without end), and must not contain it."""
+    real_src, real_out = (os.path.normcase(os.path.realpath(p)) for p in (src, out))
+    common = os.path.commonpath([real_src, real_out])
+    if real_out == real_src:
+        raise ConfigError(f"--out {out} is the source bundle itself: choose a folder outside it (nothing was written)")
+    if common == real_src:
+        raise ConfigError(f"--out {out} lies inside the source bundle {src}: choose a folder outside it (nothing was "
+                          "written)")
+    if common == real_out:
+        raise ConfigError(f"the source bundle {src} lies inside --out {out}: choose an --out folder that does not "
+                          "contain the source (nothing was written)")
+
+
 def _load(path: str) -> Dict[str, Any]:
     from monai.bundle import ConfigParser
 
@@ -119,6 +143,7 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
     """Everything that can be wrong before any work starts, as one clear error."""
     if not os.path.isdir(src):
         raise InputError(f"source bundle {src} is not a folder")
+    _refuse_nested(src, out)
     meta_path = os.path.join(src, "configs", "metadata.json")
     if not os.path.isfile(meta_path):
         raise InputError(f"{src} has no configs/metadata.json: not a MONAI bundle")
@@ -170,6 +195,13 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def config_digests(bundle: str) -> Dict[str, str]:
+    """The sha256 of every file in ``bundle/configs/`` but ``metadata.json`` (which records them), by file name."""
+    configs = os.path.join(bundle, "configs")
+    return {name: sha256(os.path.join(configs, name)) for name in sorted(os.listdir(configs))
+            if name != "metadata.json" and os.path.isfile(os.path.join(configs, name))}
+
+
 def verify_model_files(bundle: str) -> Dict[str, str]:
     """Check every model file listed in ``configs/metadata.json`` ``model_files`` against its sha256."""
     metadata = _load(os.path.join(bundle, "configs", "metadata.json"))
@@ -198,7 +230,8 @@ def _state(path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str]) -> Tuple[Dict[str, float], Dict[str, Any]]:
+def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str],
+              guard: _SigtermGuard) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """Run the bundle's own validation evaluator (its data, inferer, postprocessing, metrics) on ``network``,
     without its handlers (no checkpoint is written): its key/additional metrics, and our per-class metrics
     (:class:`~monai_prune.fidelity.PerClassMetrics`) from the same postprocessed outputs."""
@@ -211,7 +244,8 @@ def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str]) -> Tupl
     parser["validate#handlers"] = []
     evaluator = parser.get_parsed_content("validate#evaluator", instantiate=True)
     per_class = PerClassMetrics(names).attach(evaluator)
-    evaluator.run()
+    with guard.running(evaluator):
+        evaluator.run()
     scalars = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
     return scalars, per_class.compute()
 
@@ -288,6 +322,145 @@ def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
     return steps
 
 
+# ---------------------------------------------------------------------------------------------------- work folders
+def _copy_or_link(path: str, target: str) -> str:
+    if os.path.getsize(path) <= COPY_LIMIT:
+        return shutil.copy2(path, target)
+    os.symlink(os.path.realpath(path), target)  # a large data file: read through the link, never rewritten in place
+    return target
+
+
+def _private_run_root(src: str, run_root: str, weights: str) -> None:
+    """The bundle root of the fine-tuning run. Whatever the bundle's handlers write under ``@bundle_root``
+    (``@output_dir``, checkpoints, logs, caches) must land here, never in the source: folders are real folders, small
+    files copies, only large files symlinks to the source's (data the trainer reads); the source's output folder
+    (``eval``) and models are left out, the dense weights copied."""
+    os.makedirs(os.path.join(run_root, "models"))
+    shutil.copytree(os.path.join(src, "configs"), os.path.join(run_root, "configs"))
+    for entry in os.listdir(src):
+        path, target = os.path.join(src, entry), os.path.join(run_root, entry)
+        if entry in RUN_SKIPPED:
+            continue
+        if os.path.isdir(path):
+            shutil.copytree(path, target, copy_function=_copy_or_link, ignore_dangling_symlinks=True)
+        elif os.path.isfile(path):
+            _copy_or_link(path, target)
+    shutil.copy2(weights, os.path.join(run_root, "models", "model.pt"))
+
+
+def _make_work(out: str) -> str:
+    """The run's work folder beside ``out``: ``.<out>.<pid>.XXXX``, holding :data:`OWNER_FILE` (the host), so a later
+    run can tell an abandoned one (its process is gone) from a live one."""
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.{os.getpid()}.", dir=os.path.dirname(out))
+    with open(os.path.join(work, OWNER_FILE), "w", encoding="utf-8") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+    return work
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid < 1:
+        return True  # cannot tell: keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a killed process not yet reaped is gone too
+    except (OSError, IndexError):
+        return True
+
+
+def _remove_stale_work(out: str) -> None:
+    """Remove the work folders beside ``out`` of earlier runs whose process is gone (SIGKILL, power loss). Folders of
+    live runs, and of runs on other hosts sharing the folder, are kept."""
+    parent, name = os.path.split(out)
+    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[a-z0-9_]+")
+    for entry in sorted(os.listdir(parent)):
+        match, path = pattern.fullmatch(entry), os.path.join(parent, entry)
+        if match is None or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, OWNER_FILE), encoding="utf-8") as f:
+                host = json.load(f).get("host")
+        except (OSError, ValueError, AttributeError):
+            host = None  # killed before it wrote its owner: the pid in the name is all there is
+        pid = int(match.group(1))
+        if (host is not None and host != socket.gethostname()) or _pid_alive(pid):
+            continue
+        logger.info("removing %s, left behind by an earlier compress-bundle run (process %d is gone)", path, pid)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during :func:`compress_bundle`. Like ``KeyboardInterrupt`` it is no ``Exception``, so
+    ``except Exception`` clauses let it through and every ``finally`` on the way removes unfinished work."""
+
+
+class _SigtermGuard:
+    """The SIGTERM handler of one :func:`compress_bundle` run. Outside ignite engines it raises :class:`_Terminated`;
+    while engines run (:meth:`running`) it stops them with ignite's own ``terminate`` at their next iteration, because
+    an exception raised through them is logged with a traceback by the bundle's ``StatsHandler``, and
+    :class:`_Terminated` is raised once they returned."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.engines: List[Any] = []
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received = True
+        if not self.engines:
+            raise _Terminated()
+        for engine in self.engines:
+            engine.terminate(skip_completed=True)
+
+    def _stop_if_received(self, engine: Any) -> None:
+        if self.received:  # an engine started after the signal (e.g. the trainer's validation) stops at once
+            engine.terminate(skip_completed=True)
+
+    @contextlib.contextmanager
+    def running(self, *engines: Any):
+        from ignite.engine import Events
+
+        for engine in engines:
+            engine.add_event_handler(Events.STARTED, self._stop_if_received)
+        self.engines = list(engines)
+        try:
+            yield
+        finally:
+            self.engines = []
+            for engine in engines:
+                engine.remove_event_handler(self._stop_if_received, Events.STARTED)
+        if self.received:
+            raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds(out: str):
+    """While the body runs, SIGTERM unwinds it (:class:`_SigtermGuard`, yielded) instead of killing the process
+    outright, so the unfinished work is removed; then the process exits with code 128 + SIGTERM (as the default action
+    reports it) and one line on stderr. Only in the main thread, and only where SIGTERM has its default action (an
+    application's own handler is left alone); the default is restored after."""
+    guard = _SigtermGuard()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield guard
+        return
+    signal.signal(signal.SIGTERM, guard)
+    try:
+        yield guard
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if guard.received:
+        done = (f"{out} was written before the signal" if os.path.isdir(out) else
+                f"removed the unfinished work, nothing was written to {out}")
+        print(f"monai-prune compress-bundle: terminated by SIGTERM: {done}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM)
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = None,
                     overrides: Optional[Dict[str, Any]] = None, int8: Optional[str] = None,
@@ -300,7 +473,9 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
     Args:
         src: the source bundle folder (read only).
         recipe: a packaged recipe name (``monai-prune recipes``) or a recipe file.
-        out: the new bundle folder; must not exist.
+        out: the new bundle folder; must not exist, nor be or lie inside ``src`` (or contain it). The work happens in
+            ``.<out>.<pid>.XXXX`` beside it, removed on success, error and SIGTERM (then the process exits with
+            143); such folders left by killed runs are removed by the next run.
         epochs: fine-tuning epochs (``train#trainer#max_epochs``); default: the bundle's own.
         overrides: recipe parameters by id, e.g. ``{"prune#final_sparsity": 0.7}`` (``train#...`` ids too).
         int8: also quantize the compressed model (``"openvino"``, ``"onnxruntime"`` or ``"auto"``), calibrated on
@@ -334,19 +509,24 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
         return {"dry_run": True, "steps": steps}
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    try:
-        staging = os.path.join(work, "bundle")
-        summary = _compress(src, out, staging, os.path.join(work, "run"), info, epochs, overrides, int8,
-                            calibration_samples, torch.device(target_device), repeats)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    _remove_stale_work(out)
+    with _sigterm_unwinds(out) as guard:
+        work = _make_work(out)
+        try:
+            staging = os.path.join(work, "bundle")
+            summary = _compress(src, out, staging, os.path.join(work, "run"), info, epochs, overrides, int8,
+                                calibration_samples, torch.device(target_device), repeats, guard)
+            if guard.received:  # a SIGTERM that some code caught and swallowed: never publish its result
+                raise _Terminated()
+            os.replace(staging, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     logger.info("compressed bundle written to %s", out)
     return summary
 
 
-def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibration_samples, device, repeats):
+def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibration_samples, device, repeats,
+              guard):
     from monai.bundle import ConfigParser
 
     from . import count_macs, count_params
@@ -354,13 +534,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     from .measure import state_dict_bytes
     from .pruning import PruningPlan
 
-    # a private bundle root: configs copied, the source's data folders linked (read only), dense weights copied
-    os.makedirs(os.path.join(run_root, "models"))
-    shutil.copytree(os.path.join(src, "configs"), os.path.join(run_root, "configs"))
-    for entry in os.listdir(src):
-        if entry not in ("configs", "models"):
-            os.symlink(os.path.join(src, entry), os.path.join(run_root, entry))
-    shutil.copy2(info["weights"], os.path.join(run_root, "models", "model.pt"))
+    _private_run_root(src, run_root, info["weights"])
 
     parser = ConfigParser()
     parser.read_config([info["train_path"].replace(src, run_root, 1), info["recipe_path"]])
@@ -395,18 +569,19 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     pred_format = info["metadata"]["network_data_format"]["outputs"]["pred"]
     names = class_names(pred_format.get("channel_def"), int(pred_format.get("num_channels", 1)))
     logger.info("evaluating the dense model with the bundle's validate#evaluator")
-    before, before_classes = _evaluate(raw, dense, names)
+    before, before_classes = _evaluate(raw, dense, names, guard)
 
     trainer = parser.get_parsed_content("train#trainer", instantiate=True)
     logger.info("fine-tuning with %s for %d epochs", os.path.basename(info["recipe_path"]), trainer.state.max_epochs)
-    trainer.run()
+    with guard.running(trainer, parser.get_parsed_content("validate#evaluator")):
+        trainer.run()
     network = parser.get_parsed_content("network")
     ckpt_dir = parser.get_parsed_content("ckpt_dir")
     best = os.path.join(ckpt_dir, "model.pt")
     if os.path.isfile(best):
         network.load_state_dict(_state(best))  # the evaluator's best checkpoint (of the final architecture)
     network.eval()
-    after, after_classes = _evaluate(raw, network, names)
+    after, after_classes = _evaluate(raw, network, names, guard)
     plan_file = os.path.join(ckpt_dir, "plan.json")
     plan = PruningPlan.load(plan_file) if os.path.isfile(plan_file) else None
 
@@ -507,6 +682,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     metadata["model_files"] = {name: sha256(os.path.join(models, name)) for name in sorted(os.listdir(models))}
     if inference is not None:
         atomic_write_text(os.path.join(staging, "configs", "inference.json"), json.dumps(inference, indent=2))
+    metadata["config_files"] = config_digests(staging)  # every config is final now; deploy checks them before parsing
     atomic_write_text(os.path.join(staging, "configs", "metadata.json"), json.dumps(metadata, indent=2))
     os.makedirs(os.path.join(staging, "docs"), exist_ok=True)
     if os.path.isfile(os.path.join(staging, "docs", "README.md")):
@@ -547,7 +723,8 @@ def _readme(metadata: Dict[str, Any], card: FidelityCard, src: str, out: str, on
               "(`torch.load(..., weights_only=True)`).",
               f"- `models/{os.path.basename(onnx_path)}`: ONNX for ONNX Runtime / OpenVINO / Triton.",
               "- every model file's sha256 is in `configs/metadata.json` (`model_files`); "
-              "`monai_prune.bundle.verify_model_files(bundle)` checks them.", "",
+              "`monai_prune.bundle.verify_model_files(bundle)` checks them; every config's is under `config_files`, "
+              "which deploy apps check before parsing a config.", "",
               "## Run", "", "```bash",
               f"python -m monai.bundle run --config_file configs/inference.json --bundle_root {os.path.basename(out)}",
               "```", ""]

@@ -190,3 +190,16 @@ def write_bundle(root: str, volumes: int = 6, max_epochs: int = 4) -> str:
     with open(os.path.join(root, "configs", "logging.conf"), "w") as f:  # as model-zoo bundles ship it
         f.write(LOGGING_CONF)
     return root
+
+
+def write_untrained_weights(root: str, seed: int = 0) -> str:
+    """``models/model.pt`` of the freshly initialized network: enough for tests of compress-bundle's plumbing, which do
+    not need a trained model (a dense training run costs a minute)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    torch.manual_seed(seed)
+    network = ConfigParser({"network_def": NETWORK_DEF}).get_parsed_content("network_def")
+    path = os.path.join(root, "models", "model.pt")
+    torch.save(network.state_dict(), path)
+    return path

@@ -117,6 +117,9 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     assert len(c["calibration_sha256"]) == 64 and c["int8"]["backend"] == "onnxruntime"
     assert c["plan_checksum"] == PruningPlan.load(os.path.join(models, "plan.json")).checksum
     assert set(verify_model_files(out)) == set(os.listdir(models))
+    configs = os.path.join(out, "configs")  # every config's sha256, for deploy to check before parsing
+    assert metadata["config_files"] == {name: hashlib.sha256(open(os.path.join(configs, name), "rb").read()).hexdigest()
+                                        for name in os.listdir(configs) if name != "metadata.json"}
     readme = open(os.path.join(out, "docs", "README.md")).read()
     assert "MACs per input" in readme and "val_mean_dice" in readme and "| spleen | Dice |" in readme
     assert "SlidingWindowInferer" in readme and "| spleen | HD95 (mm) |" in readme
