@@ -16,6 +16,11 @@ from monai_prune.runtime import available_backends
 from monai_prune.workflows import spleen_unet
 
 pytestmark = pytest.mark.slow
+# Accuracy floor of a compressed model, absolute foreground (spleen) Dice against the dense model on the same held-out
+# volumes. Why 0.05: the quick demo trains 3 epochs and fine-tunes 3 on 4 small volumes and scores only 2 held-out
+# ones, a coarse measurement that a tighter floor would turn into a test of noise; it is 2.5x the int8 step's own
+# tolerance (int8_max_dice_drop = 0.02), and a compression that lost the dense model's skill (Dice towards 0) fails it.
+MAX_DICE_DROP = 0.05
 BACKENDS = ["torch", "onnxruntime"] + (["openvino"] if "openvino" in available_backends() else [])
 
 
@@ -44,6 +49,9 @@ def test_quick_demo_writes_a_measured_report(quick_demo):
     assert p["macs"] < 0.35 * d["macs"] and p["params"] < 0.3 * d["params"] and p["size_bytes"] < d["size_bytes"]
     assert set(p["latency_s"]) == set(BACKENDS) and all(t > 0 for t in p["latency_s"].values())
     assert 0.0 <= p["mean_dice"] <= 1.0 and p["replay_max_abs_diff"] == 0.0
+    # one foreground class: its Dice is mean_dice (per held-out volume in per_case_dice, same volumes for both)
+    assert len(p["per_case_dice"]) == len(d["per_case_dice"]) == 2
+    assert p["mean_dice"] >= d["mean_dice"] - MAX_DICE_DROP, (d["mean_dice"], p["mean_dice"])
     # compressed during fine-tuning on the cubic schedule, distilled: the measured sparsity is the schedule's
     assert p["sparsity_measured"] == pytest.approx(0.5, abs=0.01) and 0.0 <= p["kd_agreement"] <= 1.0
     assert p["schedule"]["1"] < p["schedule"]["2"] == 0.5
@@ -67,10 +75,10 @@ def test_quick_demo_quantizes_the_pruned_model_to_int8_and_reports_it(quick_demo
     assert q["calibration"]["source_items"] == config.train_volumes
     assert q["validation"]["patches"] == config.val_volumes * config.int8_validation_patches
     report = (out / "report.md").read_text()
-    if q["status"] == "refused":  # the tolerance guardrail: recorded and reported, the demo went on
-        assert q["reason"] and "int8: refused" in report and "guardrail" in report
-        return
-    assert q["status"] == "ok", q
+    # the demo runs onnxruntime (always) and openvino (when installed), so an int8 backend is always there, and the
+    # quick model's int8 drop is far inside the tolerance (about 0.001 Dice for 0.02 allowed): a refusal here is a
+    # regression, not the guardrail doing its job (that path: test_a_refused_int8_is_recorded_and_reported_not_a_crash)
+    assert q["status"] == "ok", f"int8 was {q['status']}: {q.get('reason')}"
     assert os.path.isfile(q["artifact"]) and os.path.getsize(q["artifact"]) > 0
     assert os.path.isfile(q["quantization_json"])
     # fidelity measured against the held-out labels, within the tolerance
@@ -80,6 +88,7 @@ def test_quick_demo_quantizes_the_pruned_model_to_int8_and_reports_it(quick_demo
     # smaller than fp32, measured like the other models (Dice over whole held-out volumes, sliding-window latency)
     assert q["size_bytes"]["int8"] < q["size_bytes"]["fp32"] and q["size_bytes"]["int8"] < p["onnx_size_bytes"]
     assert 0.0 <= q["mean_dice"] <= 1.0 and abs(q["mean_dice"] - p["mean_dice"]) < 0.05
+    assert q["mean_dice"] >= d["mean_dice"] - MAX_DICE_DROP, (d["mean_dice"], q["mean_dice"])  # pruned + int8 vs dense
     assert len(q["per_case_dice"]) == config.val_volumes and q["latency_s"] > 0
     assert q["speedup_vs_dense_torch"] == pytest.approx(d["latency_s"]["torch"] / q["latency_s"])
     # every int8 backend the demo serves was tried; the chosen one is the fastest int8 within the tolerance

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,6 +209,50 @@ def app_dir(tmp_path):
     return app
 
 
+def _what_is_installed():
+    """What a MAP build needs, looked up here independently of ``packager_status``: a Docker client whose daemon
+    answers, holoscan-cli <= 4.2 (4.3 removed MAP packaging) and its ``monai-deploy``/``holoscan`` command."""
+    import importlib.metadata as md
+
+    docker = shutil.which("docker")
+    daemon = docker is not None and subprocess.run([docker, "version", "--format", "{{.Server.Version}}"],
+                                                   capture_output=True, text=True, timeout=60).stdout.strip() != ""
+    try:
+        cli = md.version("holoscan-cli")
+    except md.PackageNotFoundError:
+        cli = None
+    bin_dir = os.path.dirname(sys.executable)
+    commands = [shutil.which(exe) or shutil.which(exe, path=bin_dir) for exe in ("monai-deploy", "holoscan")]
+    return {"docker": docker, "daemon": daemon, "holoscan_cli": cli, "commands": [c for c in commands if c]}
+
+
+def _check_packager_status(status, found):
+    cli = found["holoscan_cli"]
+    cli_can_package = cli is not None and tuple(int(p) for p in re.findall(r"\d+", cli)[:2]) <= (4, 2)
+    ready = found["daemon"] and cli_can_package and bool(found["commands"])
+    assert status["ready"] == ready, (status, found)
+    assert status["docker"] == found["docker"] and status["holoscan_cli"] == cli
+    if ready:  # Docker and holoscan-cli <= 4.2 here: the build command is the first packager found
+        assert status["missing"] == [] and status["message"].startswith("MAP packaging available")
+        assert status["command"][0] == found["commands"][0] and status["command"][1] == "package"
+        return
+    assert status["command"] is None and status["message"].startswith("MAP image not built; missing: ")
+    if found["docker"] is None:
+        assert "Docker (no `docker` command on PATH)" in status["message"]
+    elif not found["daemon"]:
+        assert "a running Docker daemon (`docker version` failed" in status["message"]  # a client, no daemon
+    else:
+        assert "Docker" not in "; ".join(status["missing"])
+    if cli is None:
+        assert "holoscan-cli<=4.2 (not installed)" in status["message"]
+    elif not cli_can_package:
+        assert f"holoscan-cli {cli} is installed: 4.3 removed MAP packaging" in status["message"]
+    elif not found["commands"]:
+        assert f"the `monai-deploy`/`holoscan` command of holoscan-cli {cli} (not on PATH)" in status["message"]
+    else:
+        assert "holoscan-cli" not in "; ".join(status["missing"])
+
+
 def _clean_env():
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
@@ -253,14 +298,8 @@ def test_package_app_writes_a_checked_map_folder(app_dir, bundle, tmp_path):
     assert set(checked["models"]["spleen"]) == {"model.onnx", "model.ts"}
 
     status = result["packager"]
-    assert status == packager_status() and not status["ready"] and status["command"] is None
-    docker = shutil.which("docker")
-    if docker is None:
-        assert "Docker (no `docker` command on PATH)" in status["message"]
-    elif subprocess.run([docker, "version"], capture_output=True, timeout=60).returncode != 0:
-        assert "a running Docker daemon (`docker version` failed" in status["message"]  # a client, no daemon
-    if md.version("holoscan-cli").split(".")[0] >= "5":
-        assert "holoscan-cli 5" in status["message"] and "removed MAP packaging" in status["message"]
+    assert status == packager_status()
+    _check_packager_status(status, _what_is_installed())
 
 
 def test_vendored_monai_prune_is_imported_from_the_package(app_dir, bundle, tmp_path):
@@ -347,10 +386,59 @@ def test_package_app_refuses(app_dir, bundle, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_build_without_packager_says_what_is_missing(app_dir, tmp_path):
+def test_build_runs_the_packager_only_where_one_is_installed(app_dir, bundle, tmp_path, monkeypatch):
     status = packager_status()
-    if status["ready"]:
-        pytest.skip("a MAP packager and Docker are present here")
-    result = package_app(app_dir, tmp_path / "pkg", build=True, tag="demo:1.0")
-    assert result["build"] == {"ran": False, "reason": status["message"]}
-    assert (tmp_path / "pkg" / "app.py").is_file()
+    _check_packager_status(status, _what_is_installed())
+    if not status["ready"]:  # the folder is written, the build is reported as not run, with what is missing
+        result = package_app(app_dir, tmp_path / "pkg", build=True, tag="demo:1.0")
+        assert result["build"] == {"ran": False, "reason": status["message"]}
+        assert (tmp_path / "pkg" / "app.py").is_file()
+        return
+    # Docker and holoscan-cli <= 4.2 here: the packager is called on the folder (its run is recorded, not executed:
+    # a real MAP build pulls base images, which a test must not do)
+    import monai_prune.deploy.package as package
+
+    calls, real_run = [], subprocess.run
+
+    def record(command, *args, **kwargs):
+        if command[1:2] == ["package"]:
+            calls.append(command)
+            return subprocess.CompletedProcess(command, 0)
+        return real_run(command, *args, **kwargs)  # `docker version` of packager_status
+
+    monkeypatch.setattr(package.subprocess, "run", record)
+    out = tmp_path / "pkg"
+    result = package_app(app_dir, out, model=bundle, build=True, tag="demo:1.0")
+    assert calls == [result["build"]["command"]] and result["build"]["returncode"] == 0
+    command = calls[0]
+    assert command[:2] == status["command"][:2] and command[2] == str(out)
+    assert command[command.index("-c") + 1] == str(out / "app.yaml") and command[command.index("-t") + 1] == "demo:1.0"
+    assert command[command.index("-m") + 1] == str(out / "models")
+
+
+def test_a_ready_packager_is_found_and_called(app_dir, tmp_path, monkeypatch):
+    """The other case on any machine: a Docker whose daemon answers and holoscan-cli 4.2 with its `monai-deploy`
+    command (stand-ins on PATH that record how they were called) are found, and the build calls the packager."""
+    import importlib.metadata as md
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "calls.txt"
+    (fake_bin / "docker").write_text('#!/bin/sh\necho 27.1.1\n')  # `docker version --format ...`: a daemon answers
+    (fake_bin / "monai-deploy").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    for exe in ("docker", "monai-deploy"):
+        (fake_bin / exe).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    real_version = md.version
+    monkeypatch.setattr(md, "version", lambda dist: "4.2.0" if dist == "holoscan-cli" else real_version(dist))
+
+    status = packager_status()
+    found = _what_is_installed()
+    assert found["daemon"] and found["holoscan_cli"] == "4.2.0" and status["ready"]
+    _check_packager_status(status, found)
+    assert status["command"] == [str(fake_bin / "monai-deploy"), "package"]
+    out = tmp_path / "pkg"
+    result = package_app(app_dir, out, build=True, tag="demo:1.0")
+    assert result["build"]["ran"] and result["build"]["returncode"] == 0
+    assert calls.read_text().split() == ["package", str(out), "-c", str(out / "app.yaml"), "-t", "demo:1.0",
+                                         "--platform", "x86_64"]

@@ -149,14 +149,15 @@ def _run_with_checkpoints(tmp_path, epochs, resume_from=None, stop_after=None):
     if resume_from is not None:
         CheckpointLoader(str(resume_from), objects, map_location="cpu").attach(trainer)
     CheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=None, epoch_level=True).attach(trainer)
-    if stop_after is not None:  # the process dies after this epoch's checkpoint
+    if stop_after is not None:  # training stops after this epoch's checkpoint
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
     trainer.run()
     return net, handler
 
 
-def test_kill_and_resume_reaches_the_same_network(tmp_path):
-    """A run stopped after epoch 2 and resumed from its checkpoint ends like the uninterrupted run."""
+def test_stop_and_resume_in_process_reaches_the_same_network(tmp_path):
+    """A run stopped in this process (``engine.terminate()``) after epoch 2 and resumed from its checkpoint into
+    fresh objects ends like the uninterrupted run. A real SIGKILL of a separate process: ``test_kill_resume.py``."""
     straight, straight_handler = _run_with_checkpoints(tmp_path / "a", epochs=5)
     _run_with_checkpoints(tmp_path / "b", epochs=5, stop_after=2)
     checkpoint = next((tmp_path / "b").glob("*epoch=2*"))
