@@ -198,3 +198,19 @@ def test_unprunable_inputs_fail_when_the_handler_is_built():
     odd = UNet(3, 1, 2, (6, 12, 24), (2, 2), num_res_units=1)  # 6 input channels: 4 does not divide them
     with pytest.raises(ConfigError, match="does not divide"):
         PruningHandler(odd, torch.optim.SGD(odd.parameters(), lr=0.1), method="nm", nm=(2, 4), schedule=fits)
+
+
+def test_a_bad_channel_option_fails_when_the_handler_is_built():
+    """`--set prune#importance=nonsense` in a bundle overlay: refused while the config is parsed, before training
+    (ignite would otherwise log a traceback at the first pruning step)."""
+    from monai.networks.nets import UNet
+
+    from monai_prune.handlers import PruningHandler
+    from monai_prune.schedules import LinearSchedule
+
+    net = UNet(2, 1, 2, (4, 8), (2,))
+    for options, message in (({"importance": "nonsense"}, "importance must be one of"),
+                             ({"round_to": 0}, "round_to must be a positive integer")):
+        with pytest.raises(ConfigError, match=message):
+            PruningHandler(net, None, method="channel", schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=2),
+                           example_input=torch.zeros(1, 1, 16, 16), **options)

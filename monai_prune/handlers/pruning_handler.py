@@ -16,7 +16,7 @@ from ..errors import ConfigError, InputError, PlanMismatchError
 from ..importance import TaylorAccumulator
 from ..layers import channel_sparsity, layer_widths
 from ..measure import count_macs, count_params
-from ..pruning.channel import prune_channels
+from ..pruning.channel import prune_channels, pruning_config
 from ..pruning.inplace import apply_plan_inplace, prune_channels_inplace
 from ..pruning.plan import PruningPlan, architecture_signature
 from ..quantization.qat import is_qat
@@ -118,6 +118,8 @@ class PruningHandler:
         self.optimizer, self.method, self.schedule = optimizer, method, schedule
         self.example_input = example_input
         self.options: Dict[str, Any] = {"importance": importance, "round_to": round_to, "ignore": list(ignore or [])}
+        if method == "channel":  # a bad importance/round_to fails here, when the config is parsed, not mid-training
+            pruning_config(0.0, **self.options)
         self.scope, self.include_bias, self.nm, self.permanent = scope, include_bias, tuple(nm), permanent
         if network_def is not None and not isinstance(network_def, dict):
             raise ConfigError("network_def must be the network's constructor config as a plain dict (e.g. read from the "
