@@ -6,8 +6,10 @@ sample (it attaches to a MONAI evaluator like a metric handler), and :func:`comp
 (dense = before, compressed = after) side by side.
 
 * segmentation (prediction ``(C, *spatial)``): per-class Dice per case (cases where the class is absent in both
-  prediction and label are skipped, like MONAI's ``ignore_empty``), averaged over cases, and the per-case values
-  (to find the worst cases);
+  prediction and label are skipped), averaged over cases, and the per-case values (to find the worst cases).
+  Exclusive classes (a label map, one-hot, softmax: ``label_mode="multi_class"``) and multi-label outputs (every
+  channel its own binary mask, channels may overlap, e.g. BraTS TC/WT/ET sigmoid outputs: ``"multi_label"``) are
+  both measured; the mode is given or decided from the data (:mod:`monai_prune.fidelity_metrics`);
 * classification (prediction ``(C,)`` probabilities/logits/one-hot): accuracy, per-class sensitivity (recall) and
   per-class one-vs-rest AUC (MONAI's ``compute_roc_auc``), and the expected calibration error.
 
@@ -30,202 +32,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from .errors import InputError, MonaiPruneError
+# the measuring half lives in fidelity_metrics; its public names are this module's too
+from .fidelity_metrics import (BACKGROUND_NAMES, LABEL_MODES, PerClassMetrics, class_names,  # noqa: F401
+                               detect_label_mode, expected_calibration_error, label_mode_from_bundle, worst_cases)
 
 logger = logging.getLogger(__name__)
-
-BACKGROUND_NAMES = ("background", "bg", "_background_")
-
-
-def class_names(channel_def: Optional[Mapping[Any, Any]], classes: int) -> List[str]:
-    """Names of ``classes`` output channels from a bundle's ``channel_def`` (``{"0": "background", ...}``)."""
-    channel_def = {int(k): str(v) for k, v in (channel_def or {}).items()}
-    return [channel_def.get(c, f"class_{c}") for c in range(classes)]
-
-
-def _as_index(x: torch.Tensor, classes: int) -> torch.Tensor:
-    """A channel-first map (one-hot, probabilities or logits with ``classes`` channels, or one channel of class
-    indices) as a map of class indices without the channel dimension."""
-    if x.shape[0] == classes and classes > 1:
-        return x.argmax(0)
-    if x.shape[0] == 1:
-        return x[0].round().long() if classes > 1 else (x[0] > 0.5).long()
-    raise InputError(f"cannot compare a {tuple(x.shape)} map with a {classes}-class prediction")
-
-
-class PerClassMetrics:
-    """Accumulate per-class metrics of one model's predictions against labels.
-
-    Args:
-        names: class names by channel (default ``class_0``, ``class_1`` ...), e.g. from :func:`class_names`.
-        skip: class names left out of the result (the background's Dice says nothing).
-    """
-
-    def __init__(self, names: Optional[Sequence[str]] = None, skip: Sequence[str] = BACKGROUND_NAMES) -> None:
-        self.names = list(names) if names is not None else None
-        self.skip = {s.lower() for s in skip}
-        self.task: Optional[str] = None
-        self.dice: List[List[float]] = []  # per case, per class (nan: class absent in both)
-        self.hd95: List[List[float]] = []  # per case, per class, mm (nan: class missing in prediction or label)
-        self.volumes: List[List[tuple]] = []  # per case, per class: (predicted ml, label ml)
-        self.units = "mm"
-        self.scores: List[torch.Tensor] = []
-        self.labels: List[int] = []
-
-    def _names(self, classes: int) -> List[str]:
-        if self.names is None:
-            self.names = class_names(None, classes)
-        if len(self.names) != classes:
-            raise InputError(f"{classes} output channels but {len(self.names)} class names {self.names}")
-        return self.names
-
-    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """One sample, channel first, as a bundle's postprocessing leaves it."""
-        spacing = _spacing(pred, label)
-        pred, label = torch.as_tensor(pred).detach().cpu(), torch.as_tensor(label).detach().cpu()
-        task = "segmentation" if pred.ndim >= 3 else "classification"
-        if self.task not in (None, task):
-            raise InputError(f"a {task} sample after {self.task} samples: one metric object per task")
-        self.task = task
-        if task == "segmentation":
-            classes = int(pred.shape[0]) if pred.shape[0] > 1 else 2
-            self._names(classes)
-            p, t = _as_index(pred, classes), _as_index(label, classes)
-            if p.shape != t.shape:
-                raise InputError(f"prediction {tuple(p.shape)} and label {tuple(t.shape)} differ in spatial shape")
-            if spacing is None:
-                spacing, self.units = [1.0] * p.ndim, "voxels"
-            voxel_ml = float(torch.tensor(spacing, dtype=torch.float64).prod()) / 1000.0
-            row, distances, volumes = [], [], []
-            for c in range(classes):
-                a, b = p == c, t == c
-                total = int(a.sum() + b.sum())
-                row.append(2.0 * int((a & b).sum()) / total if total else math.nan)
-                distances.append(_hd95(a, b, spacing))
-                volumes.append((int(a.sum()) * voxel_ml, int(b.sum()) * voxel_ml))
-            self.dice.append(row)
-            self.hd95.append(distances)
-            self.volumes.append(volumes)
-        else:
-            scores = pred.reshape(-1).float()
-            self._names(len(scores))
-            self.scores.append(scores)
-            flat = label.reshape(-1)
-            self.labels.append(int(flat.argmax()) if flat.numel() == len(scores) and flat.numel() > 1
-                               else int(flat[0].round()))
-
-    def attach(self, engine, output_transform: Optional[Callable[[Any], Any]] = None) -> "PerClassMetrics":
-        """Update from an ignite/MONAI engine's decollated output (``[{"pred": ..., "label": ...}, ...]``) after
-        every iteration."""
-        from ignite.engine import Events
-
-        def collect(e) -> None:
-            output = e.state.output if output_transform is None else output_transform(e.state.output)
-            for item in output if isinstance(output, list) else [output]:
-                self.update(item["pred"], item["label"])
-
-        engine.add_event_handler(Events.ITERATION_COMPLETED, collect)
-        return self
-
-    @property
-    def cases(self) -> int:
-        return len(self.dice) if self.task == "segmentation" else len(self.labels)
-
-    def compute(self) -> Dict[str, Any]:
-        """``{"task", "cases", "per_class": {name: {metric: value}}, ...}`` (nan where a metric is undefined)."""
-        if self.task is None:
-            raise InputError("no samples were seen: nothing to measure")
-        names = self.names or []
-        keep = [c for c, n in enumerate(names) if n.lower() not in self.skip]
-        result: Dict[str, Any] = {"task": self.task, "cases": self.cases}
-        if self.task == "segmentation":
-            table = torch.tensor(self.dice, dtype=torch.float64)
-            hd95 = torch.tensor(self.hd95, dtype=torch.float64)
-            vols = torch.tensor(self.volumes, dtype=torch.float64)  # (cases, classes, 2)
-            result["per_class"] = {}
-            for c in keep:
-                pred_ml, label_ml = vols[:, c, 0], vols[:, c, 1]
-                present = label_ml > 0
-                pct = (pred_ml[present] - label_ml[present]).abs() / label_ml[present] * 100
-                result["per_class"][names[c]] = {
-                    "dice": _nanmean(table[:, c]), "hd95": _nanmean(hd95[:, c]),
-                    "volume_error_ml": float((pred_ml - label_ml).abs().mean()),
-                    "volume_error_pct": float(pct.mean()) if len(pct) else math.nan}
-            result["units"] = {"hd95": self.units, "volume": "ml" if self.units == "mm" else "voxels/1000"}
-            result["per_case_dice"] = [[None if math.isnan(v) else v for v in (row[c] for c in keep)]
-                                       for row in self.dice]
-            return result
-        from monai.metrics import compute_roc_auc
-
-        scores, truth = torch.stack(self.scores), torch.tensor(self.labels)
-        predicted = scores.argmax(1)
-        result["accuracy"] = float((predicted == truth).float().mean())
-        result["ece"] = expected_calibration_error(scores, truth)
-        per_class = {}
-        for c in keep:
-            positive = truth == c
-            entry = {"sensitivity": float((predicted[positive] == c).float().mean()) if positive.any() else math.nan,
-                     "auc": math.nan}
-            if 0 < int(positive.sum()) < len(truth):  # AUC needs both positives and negatives
-                entry["auc"] = float(compute_roc_auc(scores[:, c], positive.long()))
-            per_class[names[c]] = entry
-        result["per_class"] = per_class
-        return result
-
-
-def _spacing(pred: Any, label: Any) -> Optional[List[float]]:
-    """Voxel spacing (mm) from a MetaTensor's affine (the prediction's, else the label's); None if unknown."""
-    for x in (pred, label):
-        pixdim = getattr(x, "pixdim", None)
-        if pixdim is not None and getattr(x, "ndim", 0) >= 3:
-            values = [float(v) for v in torch.as_tensor(pixdim).reshape(-1)]
-            if len(values) == x.ndim - 1 and all(v > 0 for v in values):
-                return values
-    return None
-
-
-def _hd95(a: torch.Tensor, b: torch.Tensor, spacing: Sequence[float]) -> float:
-    """95th-percentile Hausdorff distance between two boolean masks (MONAI), nan when either is empty."""
-    if not a.any() or not b.any():
-        return math.nan
-    from monai.metrics import compute_hausdorff_distance
-
-    value = compute_hausdorff_distance(a[None, None].float(), b[None, None].float(), include_background=True,
-                                       percentile=95, spacing=list(spacing))
-    return float(value.reshape(-1)[0])
-
-
-def expected_calibration_error(scores: torch.Tensor, truth: torch.Tensor, bins: int = 10) -> float:
-    """ECE of the top-class confidence in ``bins`` equal-width bins (scores are softmaxed unless they already are
-    probabilities)."""
-    probs = scores.float()
-    if probs.min() < 0 or probs.max() > 1 or not torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-3):
-        probs = torch.softmax(probs, 1)
-    confidence, predicted = probs.max(1)
-    correct = (predicted == truth).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (confidence > lo) & (confidence <= hi)
-        if inside.any():
-            ece += float(inside.float().mean()) * abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
-    return ece
-
-
-def worst_cases(before: Mapping[str, Any], after: Mapping[str, Any], k: int = 3) -> List[Dict[str, Any]]:
-    """The ``k`` validation cases whose mean foreground Dice fell most from ``before`` to ``after`` (by index in
-    the evaluator's order; no file names, which may identify a patient)."""
-    rows = []
-    for i, (b, a) in enumerate(zip(before.get("per_case_dice", []), after.get("per_case_dice", []))):
-        pairs = [(x, y) for x, y in zip(b, a) if x is not None and y is not None]
-        if pairs:
-            mb, ma = sum(x for x, _ in pairs) / len(pairs), sum(y for _, y in pairs) / len(pairs)
-            rows.append({"case": i, "dice_before": mb, "dice_after": ma, "drop": mb - ma})
-    return sorted(rows, key=lambda r: -r["drop"])[:k]
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    values = values[~torch.isnan(values)]
-    return float(values.mean()) if len(values) else math.nan
 
 
 def _defined(x: Optional[float]) -> Optional[float]:
@@ -365,13 +176,41 @@ def dice_counts(pred, ref, classes: int, inter: Dict[int, float], sums: Dict[int
         sums[c] = sums.get(c, 0.0) + float(a.sum() + b.sum())
 
 
+def mask_dice_counts(pred, ref, inter: Dict[int, float], sums: Dict[int, float]) -> None:
+    """:func:`dice_counts` for multi-label outputs: ``(N, C, *spatial)`` boolean masks, channel ``c`` is class ``c``
+    (channels may overlap)."""
+    for c in range(ref.shape[1]):
+        a, b = pred[:, c], ref[:, c]
+        inter[c] = inter.get(c, 0.0) + float((a & b).sum())
+        sums[c] = sums.get(c, 0.0) + float(a.sum() + b.sum())
+
+
 def pooled_dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
-    """Per-class Dice from :func:`dice_counts` sums (1.0 for a class absent from both)."""
+    """Per-class Dice from :func:`dice_counts` or :func:`mask_dice_counts` sums (1.0 for a class absent from
+    both)."""
     return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
 
 
+def _check_label_mode(label_mode: Optional[str]) -> None:
+    if label_mode not in (None, *LABEL_MODES):
+        raise InputError(f"label_mode must be None, 'multi_class' or 'multi_label', got {label_mode!r}")
+
+
+def _agreement_key(label_mode: Optional[str]) -> str:
+    """Which agreement :func:`_agreement` measures: of the argmax maps, or of the binary channel masks."""
+    return "mask_agreement" if label_mode == "multi_label" else "argmax_agreement"
+
+
+def agreement_value(agreement: Mapping[str, Any]) -> Optional[float]:
+    """The voxel-wise agreement of a :func:`prediction_agreement` / :func:`backend_agreement` entry, whichever
+    kind it is (argmax maps, or binary channel masks for multi-label outputs)."""
+    value = agreement.get("argmax_agreement")
+    return agreement.get("mask_agreement") if value is None else value
+
+
 def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optional[Callable] = None,
-                      onnx_path: Optional[str] = None, backends: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                      onnx_path: Optional[str] = None, backends: Optional[Sequence[str]] = None,
+                      label_mode: Optional[str] = None) -> Dict[str, Any]:
     """The same model through torch and every other installed runtime, compared output by output, so that a
     silent divergence of one runtime is caught before deployment.
 
@@ -381,15 +220,20 @@ def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optio
         inferer: e.g. the bundle's ``SlidingWindowInferer``; called as ``inferer(inputs=x, network=runner)``.
         onnx_path: the exported ONNX file (exported from ``model`` when not given).
         backends: runtimes to compare (default every installed one of ONNX Runtime, OpenVINO).
+        label_mode: ``"multi_label"`` for sigmoid outputs whose channels may overlap (compared as binary masks, see
+            :func:`prediction_agreement`); default: exclusive classes, compared through the argmax.
 
     Returns ``{backend: {"argmax_agreement", "max_abs_diff", "dice_vs_torch": {channel: dice}}}`` where the
-    Dice per output channel is between the backend's and torch's argmax maps (segmentation only).
+    Dice per output channel is between the backend's and torch's argmax maps (segmentation only); multi-label:
+    ``"mask_agreement"`` instead of ``"argmax_agreement"`` and Dice between the channel masks, with
+    ``"label_mode": "multi_label"``.
     """
     from .runtime import Predictor, available_backends
 
     wanted = list(backends or [b for b in ("onnxruntime", "openvino") if b in available_backends()])
     if not inputs:
         raise InputError("backend_agreement needs at least one input")
+    _check_label_mode(label_mode)
     run = inferer or (lambda inputs, network: network(inputs))
     example = inputs[0]
     with torch.no_grad():
@@ -399,54 +243,80 @@ def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optio
         predictor = Predictor(onnx_path or model, example_input=example, backend=backend)
         with torch.no_grad():
             outputs = [run(inputs=x, network=predictor).float().cpu() for x in inputs]
-        found = _agreement(outputs, reference)
-        result[backend] = {"argmax_agreement": found["argmax_agreement"], "max_abs_diff": found["max_abs_diff"],
-                           "dice_vs_torch": found["dice"]}
-        logger.info("%s vs torch: argmax agreement %.5f, max |diff| %.3g", backend, found["argmax_agreement"],
+        found = _agreement(outputs, reference, label_mode)
+        key = _agreement_key(label_mode)
+        result[backend] = {key: found[key], "max_abs_diff": found["max_abs_diff"], "dice_vs_torch": found["dice"],
+                           **({"label_mode": found["label_mode"]} if "label_mode" in found else {})}
+        logger.info("%s vs torch: %s %.5f, max |diff| %.3g", backend, key.replace("_", " "), found[key],
                     found["max_abs_diff"])
     return result
 
 
-def _agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> Dict[str, Any]:
+def _masks(out: torch.Tensor, ref: torch.Tensor) -> tuple:
+    """Multi-label network outputs as binary channel masks: probabilities (both within [0, 1]) above 0.5, else
+    logits above 0 (sigmoid(x) > 0.5)."""
+    probabilities = all(float(x.min()) >= 0 and float(x.max()) <= 1 for x in (out, ref))
+    cut = 0.5 if probabilities else 0.0
+    return out > cut, ref > cut
+
+
+def _agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
+               label_mode: Optional[str] = None) -> Dict[str, Any]:
     """Argmax agreement (voxel-wise for segmentation), max |difference| and per-channel Dice of the argmax maps
-    (segmentation only) of ``outputs`` against ``reference``, pooled over the pairs."""
+    (segmentation only) of ``outputs`` against ``reference``, pooled over the pairs. ``label_mode="multi_label"``:
+    agreement of the binary channel masks over every channel and voxel, and Dice per channel between the masks."""
+    _check_label_mode(label_mode)
+    multi_label = label_mode == "multi_label"
     agree = total = 0
     max_abs = 0.0
     inter: Dict[int, float] = {}
     sums: Dict[int, float] = {}
     for out, ref in zip(outputs, reference):
         max_abs = max(max_abs, float((out - ref).abs().max()))
-        a, b = out.argmax(1), ref.argmax(1)
+        a, b = _masks(out, ref) if multi_label else (out.argmax(1), ref.argmax(1))
         agree += int((a == b).sum())
         total += a.numel()
-        if ref.ndim > 2:
+        if multi_label:
+            mask_dice_counts(a, b, inter, sums)
+        elif ref.ndim > 2:
             dice_counts(a, b, ref.shape[1], inter, sums)
-    return {"argmax_agreement": agree / total, "max_abs_diff": max_abs, "dice": pooled_dice(inter, sums),
-            "elements": total}
+    found = {_agreement_key(label_mode): agree / total, "max_abs_diff": max_abs, "dice": pooled_dice(inter, sums),
+             "elements": total}
+    return {**found, "label_mode": "multi_label"} if multi_label else found
 
 
 def agreement_note(agreement: Mapping[str, Any], inputs: str) -> str:
     """One sentence for a card's notes from :func:`prediction_agreement` (``inputs`` says on what)."""
     dice = ", ".join(f"{c}: {v:.4f}" for c, v in (agreement.get("dice") or {}).items())
-    return (f"against the dense model's own predictions on {inputs}: voxel-wise argmax agreement "
-            f"{agreement['argmax_agreement']:.5f} over {agreement['elements']} voxels"
+    if agreement.get("argmax_agreement") is None and agreement.get("mask_agreement") is not None:
+        what = (f"agreement of the binary channel masks (multi-label) {agreement['mask_agreement']:.5f} over "
+                f"{agreement['elements']} channel-voxels")
+    else:
+        what = f"voxel-wise argmax agreement {agreement['argmax_agreement']:.5f} over {agreement['elements']} voxels"
+    return (f"against the dense model's own predictions on {inputs}: {what}"
             + (f"; Dice between the two segmentations by channel {dice}" if dice else "")
             + f"; max |output difference| {agreement['max_abs_diff']:.3g}.")
 
 
 def prediction_agreement(reference: Any, candidate: Any, inputs: Sequence[torch.Tensor],
-                         inferer: Optional[Callable] = None) -> Dict[str, Any]:
+                         inferer: Optional[Callable] = None, label_mode: Optional[str] = None) -> Dict[str, Any]:
     """How far a compressed model's predictions are from the dense model's, whatever the labels say: voxel-wise
     argmax agreement, per-channel Dice between the two argmax maps and max |difference| of the outputs, over
     ``inputs`` through ``inferer`` (e.g. the sliding-window inferer; called as ``inferer(inputs=x, network=m)``).
-    ``reference``/``candidate``: modules or :class:`~monai_prune.Predictor` s (e.g. the int8 model)."""
+    ``reference``/``candidate``: modules or :class:`~monai_prune.Predictor` s (e.g. the int8 model).
+
+    ``label_mode="multi_label"`` (sigmoid outputs whose channels may overlap, e.g. BraTS; see
+    :func:`label_mode_from_bundle`): every channel is a binary mask (logits > 0, or probabilities > 0.5 when both
+    outputs lie in [0, 1]); the result has ``"mask_agreement"`` (over every channel and voxel) instead of
+    ``"argmax_agreement"``, Dice per channel between the masks, and ``"label_mode": "multi_label"``."""
     if not inputs:
         raise InputError("prediction_agreement needs at least one input")
+    _check_label_mode(label_mode)
     run = inferer or (lambda inputs, network: network(inputs))
     with torch.no_grad():
         reference_out = [run(inputs=x, network=reference).float().cpu() for x in inputs]
         candidate_out = [run(inputs=x, network=candidate).float().cpu() for x in inputs]
-    return _agreement(candidate_out, reference_out)
+    return _agreement(candidate_out, reference_out, label_mode)
 
 
 # ---------------------------------------------------------------------------------------------------- the card
@@ -483,6 +353,9 @@ class FidelityCard:
         allowed_degraded: the artifact was written despite ``broken`` (``--allow-degraded``).
         cases: number of validation cases measured.
         notes: free sentences (where the numbers come from, caveats).
+        label_mode: segmentation only: ``"multi_label"`` when every output channel is its own class measured on its
+            binary mask (channels may overlap, e.g. BraTS TC/WT/ET), ``"multi_class"`` for exclusive classes;
+            ``None`` when unknown (cards written before it existed).
     """
 
     title: str
@@ -502,10 +375,14 @@ class FidelityCard:
     allowed_degraded: bool = False
     cases: Optional[int] = None
     notes: List[str] = field(default_factory=list)
+    label_mode: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.task not in ("segmentation", "classification"):
             raise InputError(f"a fidelity card's task is 'segmentation' or 'classification', got {self.task!r}")
+        if self.label_mode not in (None, *LABEL_MODES):
+            raise InputError(f"a fidelity card's label_mode is 'multi_class', 'multi_label' or None, got "
+                             f"{self.label_mode!r}")
         if not isinstance(self.per_class, Mapping):
             raise InputError(f"per_class must be {{class: {{metric: {{before, after, delta}}}}}}, got "
                              f"{type(self.per_class).__name__}")
@@ -655,9 +532,13 @@ class FidelityCard:
                          + (f", {compression['epochs']} fine-tuning epochs" if compression.get("epochs") else "")
                          + (f", plan checksum {compression['plan_checksum']}" if compression.get("plan_checksum")
                             else "") + ".")
+        label_mode = compression.get("label_mode") or (compression.get("agreement_vs_dense") or {}).get("label_mode")
+        how = ("multi-label segmentation: every output channel is its own class, Dice per channel on its binary "
+               "mask (channels may overlap), averaged over cases" if label_mode == "multi_label"
+               else "segmentation: Dice per class averaged over cases")
         notes.append("before = the source bundle's dense model, after = the compressed model; both measured by the "
                      "source bundle's own validation evaluator (its data, inferer and postprocessing), per-class "
-                     "values by monai-prune from the same outputs (segmentation: Dice per class averaged over cases; "
+                     f"values by monai-prune from the same outputs ({how}; "
                      "classification: sensitivity and one-vs-rest AUC per class; n/a where undefined, e.g. a class "
                      "absent from the data). Check them on your own held-out data before clinical use.")
         if compression.get("agreement_vs_dense"):
@@ -677,7 +558,8 @@ class FidelityCard:
                    backend_agreement=compression.get("backend_agreement") or None,
                    worst_cases=list(compression.get("worst_cases") or []), guardrails=dict(guard.get("declared") or {}),
                    broken=list(guard.get("broken") or []), allowed_degraded=bool(guard.get("allowed_degraded")),
-                   cases=compression.get("validation_cases"), notes=notes)
+                   cases=compression.get("validation_cases"), notes=notes,
+                   label_mode=label_mode if task == "segmentation" else None)
 
     # ------------------------------------------------------------------------------------------------ Markdown
     def to_markdown(self, heading_level: int = 2) -> str:
@@ -690,6 +572,8 @@ class FidelityCard:
         h = "#" * heading_level
         lines = [f"**{self.headline()}**", "",
                  f"{self.title}: {self.task}"
+                 + (" (multi-label: every output channel is its own class, channels may overlap)"
+                    if self.label_mode == "multi_label" else "")
                  + (f", {self.cases} validation case{'s' if self.cases != 1 else ''}" if self.cases is not None else "")
                  + ". Before = dense, after = compressed; Δ = after - before.", ""]
         rows = [[name, self._metric_label(metric), _fmt4(v.get("before")), _fmt4(v.get("after")),
@@ -719,12 +603,13 @@ class FidelityCard:
         if cost:
             lines += [f"{h} Cost", "", markdown_table(["", "before", "after", "after / before"], cost), ""]
         if self.backend_agreement:
-            rows = [[backend, _fmt4(v.get("argmax_agreement"), "{:.5f}"), _fmt4(v.get("max_abs_diff"), "{:.2g}"),
+            rows = [[backend, _fmt4(agreement_value(v), "{:.5f}"), _fmt4(v.get("max_abs_diff"), "{:.2g}"),
                      ", ".join(f"{c}: {_fmt4(d)}" for c, d in (v.get("dice_vs_torch") or {}).items()) or "n/a"]
                     for backend, v in self.backend_agreement.items()]
+            masks = any(v.get("label_mode") == "multi_label" for v in self.backend_agreement.values())
+            agreement = "channel mask agreement" if masks else "argmax agreement"
             lines += [f"{h} Runtimes vs PyTorch (the compressed model)", "",
-                      markdown_table(["runtime", "argmax agreement", "max abs diff", "Dice vs torch by channel"], rows),
-                      ""]
+                      markdown_table(["runtime", agreement, "max abs diff", "Dice vs torch by channel"], rows), ""]
         if self.worst_cases:
             rows = [[w.get("case"), _fmt4(w.get("dice_before")), _fmt4(w.get("dice_after")), _fmt4(w.get("drop"))]
                     for w in self.worst_cases]

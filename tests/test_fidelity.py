@@ -43,6 +43,26 @@ def test_segmentation_per_class_dice_matches_hand_counts_and_monai():
     assert result["per_class"]["liver"]["dice"] == pytest.approx((2 * 384 / 896 + 1.0) / 2)
 
 
+def test_bool_one_hot_labels_and_a_one_channel_label_map_of_several_classes():
+    # bool one-hot (e.g. a label through AsDiscreted/ConvertToMultiChannel... then .bool()): argmax has no bool kernel
+    label = torch.zeros(8, 8, 8, dtype=torch.long)
+    label[1:5, 1:5, 1:5] = 1
+    label[6:8, 6:8, 6:8] = 2
+    pred = label.clone()
+    pred[1:5, 1:5, 1:2] = 0
+    names = ["background", "liver", "lesion"]
+    m = PerClassMetrics(names)
+    m.update(_onehot(pred, 3).bool(), _onehot(label, 3).bool())
+    result = m.compute()
+    assert result["label_mode"] == "multi_class"  # a one-hot that sums to 1: exclusive classes
+    assert result["per_class"]["liver"]["dice"] == pytest.approx(2 * 48 / (48 + 64))
+    assert result["per_class"]["lesion"]["dice"] == 1.0
+    # an argmax map as one channel (what search_workflow passes), with three named classes
+    m = PerClassMetrics(names)
+    m.update(pred[None], label[None].float())
+    assert m.compute()["per_class"] == result["per_class"]
+
+
 def test_classification_accuracy_sensitivity_and_auc():
     scores = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]])
     labels = [0, 1, 1, 0, 1]
