@@ -24,6 +24,7 @@ from monai_prune.deploy.dicom import dice, read_segmentation, segment_descriptio
 from monai_prune.deploy.models import select_model
 from monai_prune.deploy.runner import run_app
 from monai_prune.export import export_onnx
+from dicom_studies import add_exam_summary, add_localizer, deidentify, realistic_study
 from repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline_env
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
@@ -174,6 +175,78 @@ def test_an_edited_config_never_runs_its_expressions_unless_the_user_opts_out(sp
     assert len(errors) == 1 and "Traceback" not in log and not marker.exists() and not os.path.exists(out)
     _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", bundle, "--allow-edited-configs"])
     assert marker.read_text() == "ran" and len(glob.glob(os.path.join(out, "*.dcm"))) == 1
+
+
+def _seg_series_uid(path):
+    return pydicom.dcmread(path, stop_before_pixels=True).ReferencedSeriesSequence[0].SeriesInstanceUID
+
+
+@pytest.mark.slow
+def test_ct_app_on_a_realistic_deidentified_export_segments_the_checked_series_once(spleen, tmp_path):
+    """The spleen series inside a folder shaped like a real export (localizer, coronal reformat with more images,
+    "Exam Summary" secondary capture, dose SR, a second smaller study), de-identified by removing the type 2
+    attributes: the app segments, records and references the same series; a rerun replaces the result set."""
+    root = tmp_path / "study"
+    shutil.copytree(spleen.series, root / "spleen")
+    study = pydicom.dcmread(sorted(glob.glob(str(root / "spleen" / "*.dcm")))[0])
+    realistic_study(np.full((32, 32, 8), 40.0), root / "other")  # another study, its own localizer and summary
+    add_localizer(root, study.StudyInstanceUID, study.PatientID)
+    add_exam_summary(root, study.StudyInstanceUID, study.PatientID)
+    deidentify(root)
+    out = str(tmp_path / "out")
+    for _ in range(2):  # the second run into the same folder replaces the first one's results
+        _ok([sys.executable, CT_APP, "-i", str(root), "-o", out, "-m", spleen.compressed, "--precision", "fp32"])
+    seg_file = _seg_file(out)  # exactly one SEG
+    assert sorted(os.listdir(out)) == sorted([os.path.basename(seg_file), "run.json"])
+    record = json.load(open(os.path.join(out, "run.json")))
+    assert record["input"]["series_instance_uid"] == study.SeriesInstanceUID == _seg_series_uid(seg_file)
+    assert record["input"]["num_slices"] == 48 and record["outputs"] + ["run.json"] == sorted(os.listdir(out))
+    seg = read_segmentation(seg_file, str(root / "spleen"))
+    assert dice(seg, spleen.label) > 0.6
+    ds = pydicom.dcmread(seg_file, stop_before_pixels=True)
+    assert ds.SeriesDescription.startswith("AI segmentation (Spleen CT segmentation, compressed")
+    assert ds.PatientBirthDate == "" and ds.PatientID == ""  # type 2, left empty as the input had none
+    other = glob.glob(str(root / "other" / "ct" / "*.dcm"))[0]
+    named = str(tmp_path / "named")  # choosing another series by its UID is honoured end to end
+    _ok([sys.executable, CT_APP, "-i", str(root), "-o", named, "-m", spleen.compressed, "--precision", "fp32",
+         "--series-uid", pydicom.dcmread(other).SeriesInstanceUID])
+    assert _seg_series_uid(_seg_file(named)) == pydicom.dcmread(other).SeriesInstanceUID
+
+
+def _reoriented_bundle(spleen, folder, drop):
+    """The compressed spleen bundle with ``drop`` (transform names) removed from its inference config, recorded as
+    compressed that way (config sha256 updated): a bundle that reorients without inverting."""
+    from monai_prune.bundle import sha256
+
+    shutil.copytree(spleen.compressed, folder)
+    path = os.path.join(folder, "configs", "inference.json")
+    config = json.load(open(path))
+    for section in ("preprocessing", "postprocessing"):
+        config[section]["transforms"] = [t for t in config[section]["transforms"] if t["_target_"] not in drop]
+    json.dump(config, open(path, "w"), indent=2)
+    meta_path = os.path.join(folder, "configs", "metadata.json")
+    metadata = json.load(open(meta_path))
+    metadata["config_files"]["inference.json"] = sha256(path)
+    json.dump(metadata, open(meta_path, "w"), indent=2)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_bundle_that_reorients_without_inverting_writes_on_the_input_grid_or_nothing(spleen, tmp_path):
+    flipped = _reoriented_bundle(spleen, str(tmp_path / "flipped"), {"Invertd", "Spacingd"})
+    out = str(tmp_path / "out")
+    log = _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", flipped, "--precision", "fp32"])
+    assert "put back on the input grid" in log
+    seg_file = _seg_file(out)
+    frames = pydicom.dcmread(seg_file).PerFrameFunctionalGroupsSequence
+    positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames)
+    slices = sorted(float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in glob.glob(spleen.series + "/*.dcm"))
+    assert positions == slices  # one frame per source slice, at its position
+    assert dice(read_segmentation(seg_file, spleen.series), spleen.label) > 0.6  # not mirrored
+    resampled = _reoriented_bundle(spleen, str(tmp_path / "resampled"), {"Invertd"})
+    code, log = _run([sys.executable, CT_APP, "-i", spleen.series, "-o", str(tmp_path / "refused"), "-m", resampled])
+    assert code != 0 and "is not on the input series' grid" in log and "add Invertd" in log, log[-3000:]
+    assert not os.path.exists(tmp_path / "refused")
 
 
 @pytest.mark.slow

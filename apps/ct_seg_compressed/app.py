@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 from monai.deploy.core import AppContext, Application, Image, IOType
-from monai.deploy.operators import (BundleConfigNames, DICOMSegmentationWriterOperator, IOMapping,
-                                    MonaiBundleInferenceOperator)
+from monai.deploy.operators import BundleConfigNames, IOMapping, MonaiBundleInferenceOperator
 from monai.deploy.operators.dicom_seg_writer_operator import SegmentDescription
 from pydicom.sr.codedict import codes
 
 from monai_prune.deploy.models import bundle_metadata
 from monai_prune.deploy.operators import (CompressedBundleApp, CompressedBundleInferenceOperator,
-                                         NiftiSegmentationWriterOperator, timed)
+                                         NiftiSegmentationWriterOperator, SegmentationWriterOperator, timed)
 from monai_prune.deploy.runner import run_app
 
 SELECTION_RULES = {"selections": [{"name": "CT series", "conditions": {"Modality": "(?i)CT"}}]}
@@ -40,10 +39,11 @@ class CTSegCompressedApp(CompressedBundleApp):
         labels = [v for k, v in sorted(pred.get("channel_def", {}).items(), key=lambda kv: int(kv[0])) if k != "0"]
         algorithm = f"{choice.name} ({choice.backend} {choice.precision})"
 
-        selector, volume = self.dicom_input(context, SELECTION_RULES, largest_series=True)
+        selector, volume = self.dicom_input(context, SELECTION_RULES)
         inference = self._inference(context)
-        seg_writer = timed(DICOMSegmentationWriterOperator)(
+        seg_writer = timed(SegmentationWriterOperator)(
             self, output_folder=output, name="dicom_seg_writer", omit_empty_frames=False, model_info=self.model_info(),
+            series_description=f"AI segmentation ({choice.name})",
             segment_descriptions=[SegmentDescription(segment_label=label, segmented_property_category=codes.SCT.Organ,
                                                      segmented_property_type=codes.SCT.Organ,
                                                      algorithm_name=algorithm[:64],

@@ -13,17 +13,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from holoscan.conditions import CountCondition
 from monai.deploy.core import Application, Operator, OperatorSpec
-from monai.deploy.operators import (DICOMDataLoaderOperator, DICOMSeriesSelectorOperator, DICOMSeriesToVolumeOperator,
-                                    ModelInfo, MonaiBundleInferenceOperator)
+from monai.deploy.operators import (DICOMDataLoaderOperator, DICOMSegmentationWriterOperator,
+                                    DICOMSeriesSelectorOperator, DICOMSeriesToVolumeOperator, ModelInfo,
+                                    MonaiBundleInferenceOperator)
 
 from ..utils import atomic_write_text
 from .models import ModelChoice, select_model
@@ -129,6 +132,9 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
         return self.stage_timer.measure(f"{self.name}.{stage}", fn, *args, **kwargs)
 
     def pre_process(self, data: Any, *args, **kwargs):
+        image = next(iter(data.values())) if isinstance(data, dict) and data else None
+        if getattr(image, "affine", None) is not None and image.ndim >= 3:  # the input volume's grid, for the check
+            self._input_grid = (np.asarray(image.affine, dtype=np.float64), tuple(image.shape[-3:]))
         return self._timed("preprocessing", super().pre_process, data, *args, **kwargs)
 
     def predict(self, data: Any, *args, **kwargs):
@@ -138,6 +144,12 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
 
     def post_process(self, data: Any, *args, **kwargs):
         outputs = self._timed("postprocessing", super().post_process, data, *args, **kwargs)
+        grid = getattr(self, "_input_grid", None)
+        if grid is not None and isinstance(outputs, dict):
+            for name, conf in self._outputs.items():
+                pred = outputs.get(name)
+                if conf.get("type") == "image" and getattr(pred, "affine", None) is not None and pred.ndim == 4:
+                    outputs[name] = on_input_grid(pred, *grid)
         if isinstance(outputs, dict) and "probabilities" in outputs:  # e.g. CopyItemsd(pred -> probabilities)
             self._probabilities = torch.as_tensor(outputs["probabilities"]).detach().cpu().reshape(-1)
         return outputs
@@ -170,6 +182,72 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
         result = {"class_index": index, "class_name": names.get(str(index), str(index)),
                   "probabilities": {names.get(str(i), str(i)): float(p) for i, p in enumerate(probabilities)}}
         op_output.emit(result, name)
+
+
+def on_input_grid(pred, input_affine: np.ndarray, input_shape: tuple):
+    """A ``(C, x, y, z)`` segmentation with its affine, put back on the input volume's grid, or InputError.
+
+    A bundle whose inference config reorients (``Orientationd`` to RAS) without inverting afterwards returns its
+    labels in the reoriented layout; written as they are, they make a valid DICOM SEG mirrored in rows and columns.
+    The output's affine is compared with the input's: equal, the output is returned as is; different by axis flips
+    and permutations only, it is reoriented back exactly (labels are not interpolated) with a warning; otherwise
+    (resampled and never inverted) the result is refused.
+    """
+    import nibabel.orientations as nio
+    from monai.data import MetaTensor
+
+    from ..errors import InputError
+
+    affine = np.asarray(pred.affine.cpu() if hasattr(pred.affine, "cpu") else pred.affine, dtype=np.float64)
+    spatial = tuple(pred.shape[1:])
+    tolerance = 1e-3 * max(1.0, float(np.abs(input_affine[:3, :3]).max()))
+    if spatial == tuple(input_shape) and np.allclose(affine, input_affine, atol=tolerance):
+        return pred
+    transform = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(input_affine))
+    array = np.asarray(pred.detach().cpu())
+    back = np.stack([nio.apply_orientation(channel, transform) for channel in array])
+    back_affine = affine @ nio.inv_ornt_aff(transform, spatial)
+    if back.shape[1:] != tuple(input_shape) or not np.allclose(back_affine, input_affine, atol=tolerance):
+        raise InputError(
+            f"the bundle's output {spatial} is not on the input series' grid {tuple(input_shape)} (its affine "
+            f"differs by more than axis flips): its inference config resamples or reorients the image without "
+            "inverting it afterwards; add Invertd to the bundle's postprocessing. No SEG was written.")
+    logger.warning("the bundle's output was reoriented (%s -> %s) and never inverted: put back on the input grid "
+                   "(add Invertd to the bundle's postprocessing)", "".join(nio.aff2axcodes(affine)),
+                   "".join(nio.aff2axcodes(input_affine)))
+    restored = MetaTensor(torch.as_tensor(np.ascontiguousarray(back)), affine=torch.as_tensor(input_affine))
+    return restored
+
+
+# Type 2 attributes the SEG copies from its source images (highdicom reads them as attributes): de-identification
+# profiles (DICOM PS3.15 Basic Profile) empty or remove them, which made the SDK's writer crash after inference.
+SOURCE_TYPE2_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+                           "StudyTime", "AccessionNumber", "ReferringPhysicianName")
+
+
+class SegmentationWriterOperator(DICOMSegmentationWriterOperator):
+    """The SDK's DICOM SEG writer, made safe for de-identified studies and given a SeriesDescription.
+
+    Attributes of :data:`SOURCE_TYPE2_ATTRIBUTES` that the source slices lack are written empty, as the standard
+    allows for type 2 attributes (in memory only: the input files are not touched).
+
+    Args:
+        series_description: the SEG's SeriesDescription (e.g. "spleen_ct (compressed) AI segmentation"); cut to
+            the 64 characters DICOM allows.
+    """
+
+    def __init__(self, fragment, *args, series_description: str, **kwargs) -> None:
+        tags = dict(kwargs.pop("custom_tags", None) or {})
+        tags.setdefault("SeriesDescription", series_description[:64])
+        super().__init__(fragment, *args, custom_tags=tags, **kwargs)
+
+    def create_dicom_seg(self, image, dicom_series, output_dir):
+        for instance in dicom_series.get_sop_instances():
+            ds = instance.get_native_sop_instance()
+            for keyword in SOURCE_TYPE2_ATTRIBUTES:
+                if keyword not in ds:
+                    setattr(ds, keyword, "")
+        return super().create_dicom_seg(image, dicom_series, output_dir)
 
 
 class ClassificationResultOperator(Operator):
@@ -242,13 +320,22 @@ class CompressedBundleApp(Application):
         choice = self.model_choice
         return ModelInfo("monai-prune", choice.name[:64], choice.version, choice.dicom_uid)
 
-    def dicom_input(self, context, rules: Dict[str, Any], largest_series: bool = False):
-        """DICOMDataLoader -> DICOMSeriesSelector(``rules``) -> DICOMSeriesToVolume, timed and connected; returns
-        ``(selector, volume)`` for the app to connect onwards."""
+    def dicom_input(self, context, rules: Dict[str, Any]):
+        """DICOMDataLoader -> DICOMSeriesSelector -> DICOMSeriesToVolume, timed and connected; returns
+        ``(selector, volume)`` for the app to connect onwards.
+
+        The selector takes exactly the series the runner's pre-flight check chose and recorded
+        (``run_options.selected_series_uid``, see :mod:`monai_prune.deploy.preflight`): ``rules`` only name the
+        selection; left to itself, SDK 4.0 takes the first matching series of each study, whatever its size.
+        """
+        uid = getattr(self.run_options, "selected_series_uid", None)
+        if uid:
+            rules = copy.deepcopy(rules)
+            for selection in rules["selections"]:
+                selection["conditions"]["SeriesInstanceUID"] = uid  # compared for equality first by the SDK
         loader = timed(DICOMDataLoaderOperator)(self, CountCondition(self, 1), input_folder=Path(context.input_path),
                                                 name="dicom_loader")
-        selector = timed(DICOMSeriesSelectorOperator)(self, rules=json.dumps(rules), name="series_selector",
-                                                      sort_by_sop_instance_count=largest_series)
+        selector = timed(DICOMSeriesSelectorOperator)(self, rules=json.dumps(rules), name="series_selector")
         volume = timed(DICOMSeriesToVolumeOperator)(self, name="series_to_volume")
         for op in (loader, selector, volume):
             op.stage_timer = self.stage_timer

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -29,13 +28,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import ConfigError, MonaiPruneError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, give_umask_mode
 from .models import ALLOW_EDITED_CONFIGS, BACKENDS, PRECISIONS, ModelChoice, select_model
+from .preflight import redact_uids
 
 logger = logging.getLogger(__name__)
 
 
-UID_PATTERN = re.compile(r"\b[0-2](?:\.\d+){4,}\b")
 _factory_installed = False
 
 
@@ -54,7 +53,7 @@ def redact_logs() -> None:
             message = record.getMessage()
         except Exception:  # a malformed record is the logging module's business, not ours
             return record
-        redacted = UID_PATTERN.sub("<uid>", message)
+        redacted = redact_uids(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return record
@@ -79,6 +78,10 @@ def _options(argv: Sequence[str]) -> tuple:
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--operator", choices=("compressed", "stock"), default="compressed",
                         help="stock: the SDK's own MonaiBundleInferenceOperator on the bundle's model.ts (TorchScript)")
+    parser.add_argument("--series-uid", default=None,
+                        help="segment this series (SeriesInstanceUID) instead of the one the selection rule picks")
+    parser.add_argument("--series-description", default=None,
+                        help="segment the one series whose SeriesDescription matches this regular expression")
     parser.add_argument(ALLOW_EDITED_CONFIGS, action="store_true",
                         help="parse the bundle's configs even if they differ from the sha256 in metadata.json")
     return parser.parse_known_args(list(argv[1:]))
@@ -153,11 +156,13 @@ def run_app(app_factory: Callable[..., Any], expected: Sequence[str], modality: 
         choice = select_model(paths["model"], "torchscript" if options.operator == "stock" else options.backend,
                               "fp32" if options.operator == "stock" else options.precision,
                               verify_configs=not options.allow_edited_configs)
-        study = check_dicom_input(paths["input"], modality=modality, min_slices=min_slices)
+        study = check_dicom_input(paths["input"], modality=modality, min_slices=min_slices,
+                                  series_uid=options.series_uid, series_description=options.series_description)
     except (MonaiPruneError, OSError) as e:
         _remove_empty(created)
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {redact_uids(str(e))}", file=sys.stderr)
         return 2
+    options.selected_series_uid = study["series_instance_uid"]  # the graph's series selector takes exactly this one
     output = paths["output"]
     os.makedirs(os.path.dirname(output), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.staging-", dir=os.path.dirname(output))
@@ -172,25 +177,59 @@ def run_app(app_factory: Callable[..., Any], expected: Sequence[str], modality: 
         try:
             app = app_factory(run_options=options, model_choice=choice, stage_timer=timer)
             timer.measure("app", app.run)
+        except MonaiPruneError as e:  # refused inside the graph (e.g. a result off the input grid)
+            _remove_empty(created)
+            print(f"{name}: error: {redact_uids(str(e))}; nothing was published", file=sys.stderr)
+            return 1
         finally:
             sys.argv = saved_argv
         produced = {p: sorted(glob.glob(os.path.join(staging, p))) for p in expected}
         missing = [p for p, found in produced.items() if not found]
-        if missing:
+        wrong = _segmented_other_series(staging, study["series_instance_uid"])
+        if missing or wrong:
             _remove_empty(created)
-            print(f"{name}: error: the app did not write {missing} (see the log above); nothing was published",
-                  file=sys.stderr)
+            problem = f"the app did not write {missing} (see the log above)" if missing else wrong
+            print(f"{name}: error: {problem}; nothing was published", file=sys.stderr)
             return 1
         record = _record(choice, timer, study, staging, time.perf_counter() - started, options)
         atomic_write_text(os.path.join(staging, "run.json"), json.dumps(record, indent=2))
-        os.makedirs(output, exist_ok=True)
-        for entry in sorted(os.listdir(staging)):
-            os.replace(os.path.join(staging, entry), os.path.join(output, entry))
+        _publish(staging, output)
         logger.info("%s: wrote %s in %.2f s with %s %s (%s)", name, ", ".join(record["outputs"]),
                     record["seconds"]["total"], choice.backend, choice.precision, choice.name)
         return 0
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _segmented_other_series(staging: str, series_uid: str) -> Optional[str]:
+    """A DICOM result that refers to another series than the one checked (and recorded), or None."""
+    import pydicom
+
+    for path in sorted(glob.glob(os.path.join(staging, "*.dcm"))):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        items = list(ds.get("ReferencedSeriesSequence", []))  # a SEG
+        for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):  # an SR
+            items += list(study.get("ReferencedSeriesSequence", []))
+        referenced = {str(item.SeriesInstanceUID) for item in items if "SeriesInstanceUID" in item}
+        if referenced and series_uid not in referenced:
+            return f"{os.path.basename(path)} refers to another series than the one checked"
+    return None
+
+
+def _publish(staging: str, output: str) -> None:
+    """One run, one result set: the staging folder becomes the output; a previous run's results there are moved
+    aside first and removed after, so the output never mixes two runs (nor is ever half-written)."""
+    parent, base = os.path.dirname(output), os.path.basename(output)
+    previous = None
+    if os.path.isdir(output) and os.listdir(output):
+        previous = tempfile.mkdtemp(prefix=f".{base}.previous-", dir=parent)
+        os.replace(output, os.path.join(previous, base))
+    elif os.path.isdir(output):
+        os.rmdir(output)
+    give_umask_mode(staging)
+    os.replace(staging, output)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _remove_empty(folders: Sequence[str]) -> None:
@@ -201,7 +240,9 @@ def _remove_empty(folders: Sequence[str]) -> None:
 
 
 def _record(choice: ModelChoice, timer, study: Dict[str, Any], staging: str, total: float, options) -> Dict[str, Any]:
-    safe_study = {k: v for k, v in study.items() if k in ("modality", "num_slices", "spacing", "rows", "columns")}
+    safe_study = {k: v for k, v in study.items() if k in ("modality", "num_slices", "spacing", "rows", "columns",
+                                                          "series_instance_uid", "series_description",
+                                                          "series_number", "skipped_series")}
     return {"model": choice.to_dict(), "backend": choice.backend, "precision": choice.precision,
             "options": {"backend": options.backend, "precision": options.precision, "nifti": options.nifti,
                         "operator": options.operator},
