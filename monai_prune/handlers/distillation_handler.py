@@ -15,6 +15,7 @@ from ..distributed import unwrap_ddp
 from ..errors import ConfigError, InputError, PlanMismatchError
 from ..pruning.plan import architecture_signature
 from ..utils import first_output
+from .dense_weights import state_checksum
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -35,7 +36,10 @@ class DistillationHandler:
     The default teacher is the dense network as it is when training starts: the copy is refreshed at
     ``Events.STARTED``, after any ``CheckpointLoader`` listed before this handler has loaded the trained weights
     (so an overlay on a bundle that loads its checkpoint distils from the trained model, not from the random
-    init). ``state_dict()`` holds the teacher's weights: save the handler in the checkpoint
+    init; the packaged recipes load ``models/model.pt`` even earlier, in the bundle's ``initialize`` step, see
+    :func:`~monai_prune.handlers.load_dense_weights`). The snapshot's log line ends with the teacher's
+    :func:`~monai_prune.handlers.state_checksum` (16 hex digits; also ``teacher_checksum``), to compare with the
+    file's. ``state_dict()`` holds the teacher's weights: save the handler in the checkpoint
     (``{"distiller": handler}``) so that a resumed, already pruned run keeps the same dense teacher.
 
     Args:
@@ -62,6 +66,7 @@ class DistillationHandler:
         DistillationLoss.validate(alpha, temperature, direction)  # bad arguments fail here, not mid-training
         self.loss: Optional[DistillationLoss] = None  # set by attach()
         self._snapshot_pending = teacher is None  # refresh the copy when training starts
+        self.teacher_checksum: Optional[str] = None  # state_checksum() of the teacher, set when the snapshot is taken
         self._agree = self._total = 0
 
     def attach(self, engine: Engine) -> None:
@@ -100,8 +105,9 @@ class DistillationHandler:
                 "and load it back, or pass teacher=")
         self.teacher.load_state_dict(self.network.state_dict())
         self._snapshot_pending = False
-        self.logger.info("distillation teacher: the network as training starts (%d parameters, frozen)",
-                         sum(p.numel() for p in self.teacher.parameters()))
+        self.teacher_checksum = state_checksum(self.teacher)
+        self.logger.info("distillation teacher: the network as training starts (%d parameters, frozen, sha256 %s)",
+                         sum(p.numel() for p in self.teacher.parameters()), self.teacher_checksum[:16])
 
     def state_dict(self) -> dict:
         return {"teacher": self.teacher.state_dict(), "snapshot_pending": self._snapshot_pending}
