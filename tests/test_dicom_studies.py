@@ -1,8 +1,10 @@
 """The series a deploy app segments, chosen by one stated rule on folders shaped like real exports (issue 17)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from dicom_studies import (add_exam_summary, add_localizer, deidentify, realistic_study, series_uid_of,
@@ -84,3 +86,20 @@ def test_a_deidentified_study_is_accepted(tmp_path):
     ct = realistic_study(HU, tmp_path)
     deidentify(tmp_path)
     assert check_dicom_input(tmp_path)["series_instance_uid"] == series_uid_of(ct)
+
+
+def test_real_scanner_exports_shipped_with_pydicom():
+    """pydicom's dicomdirtests: de-identified real CT and MR studies (images cut to 16x16, few slices; 98892001 and
+    98892003 are two studies of one patient, 77654033 another patient). The CT study's Scout is skipped and its gated
+    series chosen; the MR study holds only localizers, pilots (ImageType OTHER, named so in SeriesDescription) and an
+    angio MIP: refused, naming each; the whole folder (two patients): refused."""
+    root = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
+    ct = check_dicom_input(root / "98892001", min_slices=1)
+    assert ct["series_description"] == "SmartScore - Gated 0.5 sec" and ct["num_slices"] == 5
+    assert ct["skipped_series"] == ["'Scout' (series 4): a localizer"]
+    with pytest.raises(InputError, match=r"No MR series .*'T/S/C RF FAST PILOT' \(series 2\) \(3 images, a localizer "
+                                         r"\(by its description\)\).*'ANGIO Projected from   C' \(series 700\) \(7 "
+                                         r"images, a projection image \(MIP\)\)"):
+        check_dicom_input(root / "98892003", modality="MR", min_slices=1)
+    with pytest.raises(InputError, match="holds images of 2 different patients"):
+        check_dicom_input(root, min_slices=1)

@@ -40,7 +40,10 @@ logger = logging.getLogger(__name__)
 PROJECTION_MODALITIES = ("DX", "CR", "MG", "XA", "RF", "IO", "PX")
 # The image storage SOP classes whose series a volume app can stack (name prefixes as pydicom spells them).
 VOLUME_SOP_CLASS_NAMES = {"CT": ("CT Image Storage",), "MR": ("MR Image Storage",)}
-SKIPPED_IMAGE_TYPES = ("LOCALIZER", "SCOUT")
+SKIPPED_IMAGE_TYPES = {"LOCALIZER": "a localizer", "SCOUT": "a scout", "PROJECTION IMAGE": "a projection image (MIP)"}
+# what scanners write in SeriesDescription for localizers when ImageType says only OTHER (seen in real MR exports)
+LOCALIZER_DESCRIPTION = re.compile(r"\b(localizer|localiser|scout|pilot|topogram|surview|scanogram|survey)\b",
+                                   re.IGNORECASE)
 MAX_AXIAL_TILT_DEG = 30.0
 # instance UIDs; the standard's own (1.2.840.10008.*: SOP classes, transfer syntaxes) identify no one and stay
 UID_PATTERN = re.compile(r"(?<![\d.])(?!1\.2\.840\.10008\.)[0-2](?:\.\d+){4,}\b")
@@ -173,9 +176,11 @@ def _why_skipped(items: List[Dataset], wanted: set) -> Optional[str]:
     if modality in VOLUME_SOP_CLASS_NAMES and not sop_name.startswith(VOLUME_SOP_CLASS_NAMES[modality]):
         return f"{sop_name}, not {VOLUME_SOP_CLASS_NAMES[modality][0]}"
     image_type = [str(v).upper() for v in (first.get("ImageType") or [])]
-    kind = next((t for t in SKIPPED_IMAGE_TYPES if t in image_type), None)
+    kind = next((why for t, why in SKIPPED_IMAGE_TYPES.items() if t in image_type), None)
     if kind:
-        return f"a {kind.lower()}"
+        return kind
+    if LOCALIZER_DESCRIPTION.search(str(first.get("SeriesDescription", "") or "")):
+        return "a localizer (by its description)"
     if modality not in PROJECTION_MODALITIES and "ImageOrientationPatient" in first:
         normal = _slice_normal(first)
         tilt = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / (np.linalg.norm(normal) or 1.0)))))
@@ -280,7 +285,7 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
                          f"The app needs an axial {label} image series.")
     candidates = _narrow(candidates, folder, series_uid, series_description)
     ranked = sorted(candidates.items(), key=lambda item: -len(item[1]))
-    first_error = None
+    first_error, failures = None, []
     for uid, chosen in ranked:
         first = chosen[0]
         chosen_modality = str(first.Modality).upper()
@@ -292,6 +297,7 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
             check_decodable(first, Path(str(getattr(first, "filename", "") or "")).name or description)
         except InputError as err:
             first_error = first_error or err
+            failures.append(f"{description}: {str(err).split(' in ' + str(folder))[-1].strip()}")
             skipped_series.append(f"{description}: {err}")
             logger.warning("passed over series %s: %s", description, err)
             continue
@@ -312,4 +318,7 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
             "skipped_files": skipped,
             "skipped_series": skipped_series,
         }
-    raise first_error
+    if len(failures) == 1:
+        raise first_error
+    raise InputError(f"None of the {len(failures)} candidate series in {folder} can be segmented: "
+                     + "; ".join(failures))
