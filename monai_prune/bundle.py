@@ -8,9 +8,13 @@ in a private working copy. The result is a new bundle folder, written under a te
 * ``models/model.ts`` (TorchScript; ``metadata.json`` and ``inference.json`` embedded under ``extra/`` as
   ``monai.bundle ckpt_export`` does), ``models/model.pt`` (state dict) + ``models/plan.json`` (replay the pruning on
   the freshly built network), ``models/model.onnx``, and with ``int8=`` the int8 artifact;
-* ``configs/inference.json``: the source's own pre/post-processing and inferer, with the network loaded from
-  ``model.ts`` (the model-zoo ``inference_trt.json`` pattern); the other configs copied;
-* ``configs/metadata.json``: new version + changelog entry, a ``compression`` section (recipe, plan checksum,
+* ``configs/``: every config of the source, runnable with the stock ``python -m monai.bundle`` CLI as before
+  (:mod:`.bundle_configs`): each ``network_def`` builds the dense network and replays ``models/plan.json`` on it, so
+  the configs' own checkpoint loaders load the compressed ``model.pt``; with ``int8=``, ``inference_int8.json`` (an
+  overlay of ``inference.json``) serves the int8 model; no ``--set`` local path is carried; a ``large_files.yml``
+  that would download the dense model files over the compressed ones loses those entries;
+* ``configs/metadata.json``: new version + changelog entry, ``eval_metrics`` as measured here (the source's
+  published ones kept apart), the versions of monai/torch/numpy and packages used, a ``compression`` section (recipe, plan checksum,
   calibration hash, params/MACs/size before -> after, measured latency ratio of the bundle's whole inferer and of
   one network call, the evaluator's metrics and per-class metrics before -> after), the sha256 of every model
   file (``model_files``) and of every other file in ``configs/`` (``config_files``, checked before deploy parses them);
@@ -49,6 +53,7 @@ from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+CONFIG_EXTS = (".json", ".yaml", ".yml")
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 SKIPPED = ("models", "data", "eval", "__pycache__")  # not copied from the source bundle
 RUN_SKIPPED = ("configs", "models", "eval", "__pycache__")  # not mirrored into the private run folder
@@ -152,6 +157,9 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
         raise InputError(f"{src} has no configs/train.json (or .yaml): compression fine-tunes with the bundle's "
                          "own trainer")
     metadata, train = _load(meta_path), _load(train_path)
+    if isinstance(metadata.get("compression"), dict):
+        raise InputError(f"{src} is a bundle compressed by monai-prune already: compress its dense source bundle "
+                         "(with a stronger recipe) instead")
     if not isinstance(train.get("network_def"), dict):
         raise InputError(f"{train_path} has no network_def (the network's constructor config)")
     fmt = metadata.get("network_data_format", {})
@@ -276,34 +284,33 @@ def _inferer_latency(image: torch.Tensor, inferer: Any, models: Dict[str, nn.Mod
     return result
 
 
-def _inference_config(src: str, overrides: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The source's inference config with the network from ``model.ts``, and the ``--set`` bundle parameters it
-    shares with train.json (e.g. ``image_size``, ``roi_size``), so inference runs as the model was fine-tuned."""
-    path = _config_file(src, "inference")
-    if path is None:
-        return None
-    config = _load(path)
+def _check_schedule(src: str, info: Dict[str, Any], epochs: Optional[int], overrides: Dict[str, Any]) -> None:
+    """The recipe's pruning schedule against the fine-tuning epochs (``--epochs`` or the trainer's ``max_epochs``),
+    with the ``--set`` values, before anything runs (also for ``--dry-run``); the fixes it suggests pass this same
+    check (:func:`~monai_prune.bundle_configs.check_schedule`)."""
+    from monai.bundle import ConfigParser
+
+    from .bundle_configs import check_schedule
+
+    if not _get(info["recipe"], "prune#end_epoch")[0]:
+        return
+    parser = ConfigParser()
+    parser.read_config([info["train_path"], info["recipe_path"]])
+    parser["bundle_root"] = src
     for key, value in overrides.items():
-        if "#" not in key and key in config and not isinstance(config[key], dict):
-            config[key] = value
-    config["network_def"] = "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device)"
-    config["network"] = "$@network_def.to(@device)" if "device" in config else "@network_def"
-
-    def disable_loaders(node: Any) -> None:
-        if isinstance(node, dict):
-            if str(node.get("_target_", "")).endswith("CheckpointLoader"):
-                node["_disabled_"] = True
-            for value in node.values():
-                disable_loaders(value)
-        elif isinstance(node, list):
-            for value in node:
-                disable_loaders(value)
-
-    disable_loaders(config)
-    imports = config.setdefault("imports", [])
-    if "$import torch" not in imports:
-        imports.append("$import torch")
-    return config
+        if not key.startswith("guardrails#"):
+            parser[key] = value
+    if epochs is not None:
+        parser["train#trainer#max_epochs"] = epochs
+    values = {}
+    for name, key in (("start_epoch", "prune#start_epoch"), ("end_epoch", "prune#end_epoch"),
+                      ("frequency", "prune#frequency"), ("max_epochs", "train#trainer#max_epochs")):
+        if _get(parser.get(), key)[0]:
+            try:
+                values[name] = parser.get_parsed_content(key)
+            except Exception as e:
+                raise ConfigError(f"cannot evaluate {key}: {e}") from e
+    check_schedule(values)
 
 
 def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
@@ -316,8 +323,10 @@ def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
              f"{tuple(info['shape'])}",
              "write models/model.ts (+ metadata/inference under extra/), model.pt, plan.json, model.onnx"
              + (f", int8 ({int8})" if int8 else ""),
-             "write configs/inference.json (network from model.ts), metadata.json (new version, compression "
-             "section, sha256), docs/fidelity_card.json + .md, docs/README.md",
+             "rewrite every config that builds the network (network_def: the dense constructor + models/plan.json)"
+             + (", write configs/inference_int8.json" if int8 else "")
+             + "; metadata.json (new version, measured eval_metrics and versions, compression section, sha256), "
+             "docs/fidelity_card.json + .md, docs/README.md",
              f"rename the finished folder to {out}"]
     return steps
 
@@ -504,6 +513,7 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
             raise ConfigError(f"input_shape {list(input_shape)} does not fit the bundle's input {info['shape']} "
                               "(same rank and channels)")
         info["shape"] = [int(v) for v in input_shape]
+    _check_schedule(src, info, epochs, overrides)
     steps = _describe(src, out, epochs, int8, info)
     if dry_run:
         return {"dry_run": True, "steps": steps}
@@ -530,6 +540,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     from monai.bundle import ConfigParser
 
     from . import count_macs, count_params
+    from .bundle_configs import recorded_overrides
     from .export import export_onnx, export_torchscript
     from .measure import state_dict_bytes
     from .pruning import PruningPlan
@@ -547,13 +558,6 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
             parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs
-    if _get(info["recipe"], "prune#end_epoch")[0]:
-        end, max_epochs = parser.get_parsed_content("prune#end_epoch"), parser.get_parsed_content("train#trainer#max_epochs")
-        if end >= max_epochs - 1:
-            raise ConfigError(f"prune#end_epoch={end} leaves no epoch after the last pruning step in {max_epochs} "
-                              "epochs: the final architecture would be neither fine-tuned nor validated. Use "
-                              f"--epochs {end + 2} or more" + (f", or --set prune#end_epoch={max_epochs - 2}"
-                                                               if max_epochs >= 2 else ""))
     dense_state = _state(info["weights"])
     # the dense weights load first (before distillation takes its teacher at STARTED)
     parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
@@ -613,7 +617,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     compression: Dict[str, Any] = {
         "tool": "monai-prune", "recipe": info["recipe"].get("recipe", {}).get("name",
                                                                            os.path.basename(info["recipe_path"])),
-        "recipe_overrides": overrides, "epochs": trainer.state.max_epochs,
+        "recipe_overrides": recorded_overrides(overrides), "epochs": trainer.state.max_epochs,
         "plan_checksum": plan.checksum if plan is not None else None,
         "params": params, "macs": macs, "size_bytes": size,
         "latency_s": {**latency, "device": device.type, "ratio": latency["before"] / latency["after"],
@@ -662,9 +666,32 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         network.to(device)
 
     # configs, metadata, TorchScript with them embedded
+    from .bundle_configs import drop_model_downloads, rewrite_configs, versions_used, write_int8_config
+
+    configs_done = rewrite_configs(staging, info["train"]["network_def"] if plan is not None else None, overrides)
+    downloads = drop_model_downloads(staging)
+    if downloads:
+        configs_done["large_files"] = downloads
+    if int8:
+        compression["int8"]["config"] = write_int8_config(staging)
+        if compression["int8"]["config"]:
+            configs_done[compression["int8"]["config"]] = (
+                f"overlay of inference.json that runs models/{compression['int8']['file']} "
+                f"({compression['int8']['backend']} int8, checked against its sha256)")
+    compression["configs"] = configs_done
     metadata = copy.deepcopy(info["metadata"])
     version = _bump(metadata.get("version", "0.1.0"))
     metadata["version"] = version
+    metadata.update(versions_used(info["metadata"], compression.get("int8", {}).get("backend")))
+    published = metadata.get("eval_metrics")
+    metadata["eval_metrics"] = _measured_eval_metrics(published, after)
+    metadata["eval_metrics_source"] = (
+        f"measured by monai-prune compress-bundle on the source bundle's validation split "
+        f"({compression['validation_cases']} cases, train.json validate#dataset) with its validate#evaluator, "
+        "after fine-tuning; the dense source model on the same cases: compression.metrics (before)")
+    if published:
+        compression["source_published_eval_metrics"] = {
+            "values": published, "note": "published by the source bundle for its dense model; not measured here"}
     summary_line = (f"compressed with monai-prune recipe {compression['recipe']}: MACs x{macs['after'] / macs['before']:.3f}, "
                     f"params x{params['after'] / params['before']:.3f}, latency {compression['latency_s']['ratio']:.2f}x "
                     f"faster on {device.type}")
@@ -676,12 +703,11 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     card = FidelityCard.from_compression(compression, title=f"{metadata['name']} {version}")
     compression["fidelity_card"] = card.to_dict()
     metadata["compression"] = compression
-    inference = _inference_config(src, overrides)
+    inference_path = _config_file(staging, "inference")
+    inference = _load(inference_path) if inference_path else None
     export_torchscript(network.cpu(), x.cpu(), os.path.join(models, "model.ts"),
                        extra_files={"metadata.json": metadata, **({"inference.json": inference} if inference else {})})
     metadata["model_files"] = {name: sha256(os.path.join(models, name)) for name in sorted(os.listdir(models))}
-    if inference is not None:
-        atomic_write_text(os.path.join(staging, "configs", "inference.json"), json.dumps(inference, indent=2))
     metadata["config_files"] = config_digests(staging)  # every config is final now; deploy checks them before parsing
     atomic_write_text(os.path.join(staging, "configs", "metadata.json"), json.dumps(metadata, indent=2))
     os.makedirs(os.path.join(staging, "docs"), exist_ok=True)
@@ -692,6 +718,22 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     atomic_write_text(os.path.join(staging, "docs", "README.md"), _readme(metadata, card, src, out, onnx.path))
     logger.info("fidelity card: %s", card.headline())
     return {**compression, "card": card}
+
+
+def _measured_eval_metrics(published: Any, measured: Dict[str, float]) -> Dict[str, float]:
+    """The metadata's ``eval_metrics``: what the evaluator measured on the compressed model, by its metric names; a
+    published name that is a measured one without the ``val_`` prefix (the model zoo's ``mean_dice`` for
+    ``val_mean_dice``) keeps its name with the measured value; published values with no measured counterpart go."""
+    result = {}
+    for key in (published if isinstance(published, dict) else {}):
+        for name in (key, f"val_{key}"):
+            if name in measured:
+                result[key] = measured[name]
+                break
+    for name, value in measured.items():
+        if name not in result and not (name.startswith("val_") and name[4:] in result):
+            result[name] = value
+    return result
 
 
 def _readme(metadata: Dict[str, Any], card: FidelityCard, src: str, out: str, onnx_path: str) -> str:
@@ -715,17 +757,50 @@ def _readme(metadata: Dict[str, Any], card: FidelityCard, src: str, out: str, on
         lines += [f"int8 ({int8['backend']}): `models/{int8['file']}`, {int8['int8_layers']} layers int8, argmax "
                   f"agreement with fp32 {int8['agreement_vs_fp32']:.4f}, {int8['speedup_vs_fp32']:.2f}x vs its fp32. "
                   + " ".join(w.rstrip(". ") + "." for w in int8["warnings"]), ""]
-    lines += ["## Files", "",
+    configs = c.get("configs", {})
+    plan = any("plan.json" in note for note in configs.values())
+    lines += ["## Measured metrics", "",
+              f"`eval_metrics` in `configs/metadata.json` are {metadata['eval_metrics_source']}."
+              + (" The source bundle's published values (of its dense model) are kept under "
+                 "`compression.source_published_eval_metrics`, not as this bundle's." if
+                 c.get("source_published_eval_metrics") else ""),
+              "", "## Files", "",
+              "- `models/model.pt` + `models/plan.json`: state dict and pruning plan of the compressed network. Every "
+              "config's `network_def` builds the source's dense network and replays the plan on it "
+              "(`monai_prune.apply_plan`, the plan read as data), so the configs' own checkpoint loaders load "
+              "`model.pt` as they did for the dense bundle (`torch.load(..., weights_only=True)` works too)."
+              if plan else "- `models/model.pt`: state dict of the compressed network (same layout as the source's).",
               "- `models/model.ts`: TorchScript of the compressed network (metadata and inference config embedded); "
-              "what `configs/inference.json` and MONAI Deploy load.",
-              "- `models/model.pt` + `models/plan.json`: state dict and pruning plan; "
-              "`monai_prune.apply_plan(<network_def>, plan)` rebuilds the network, then `load_state_dict` "
-              "(`torch.load(..., weights_only=True)`).",
+              "what MONAI Deploy loads.",
               f"- `models/{os.path.basename(onnx_path)}`: ONNX for ONNX Runtime / OpenVINO / Triton.",
               "- every model file's sha256 is in `configs/metadata.json` (`model_files`); "
               "`monai_prune.bundle.verify_model_files(bundle)` checks them; every config's is under `config_files`, "
               "which deploy apps check before parsing a config.", "",
-              "## Run", "", "```bash",
-              f"python -m monai.bundle run --config_file configs/inference.json --bundle_root {os.path.basename(out)}",
-              "```", ""]
+              "## Configs", ""]
+    lines += [f"- `configs/{name}`: {note}." for name, note in sorted(configs.items()) if name.endswith(CONFIG_EXTS)]
+    if configs.get("large_files"):
+        lines += [f"- {configs['large_files']}."]
+    root = os.path.basename(out)
+    lines += ["", "## Run (from the bundle folder, with monai-prune installed: the configs use `monai_prune.apply_plan`)",
+              "", "```bash",
+              "python -m monai.bundle run --config_file configs/inference.json --dataset_dir <your data>"]
+    if "evaluate.json" in configs and "train.json" in configs:
+        lines += ["python -m monai.bundle run --config_file \"['configs/train.json','configs/evaluate.json']\" "
+                  "--dataset_dir <your data>"]
+    if int8 and int8.get("config"):
+        lines += [f"python -m monai.bundle run --config_file \"['configs/inference.json','configs/{int8['config']}']\" "
+                  "--dataset_dir <your data>  # int8, " + int8["backend"]]
+    lines += ["```", "", f"(or from elsewhere with `--bundle_root {root}`.)", ""]
+    if "inference_trt.json" in configs:
+        lines += ["## TensorRT (untested here)", "",
+                  "`configs/inference_trt.json` loads `models/model_trt.ts`, which this bundle does not ship. Make it "
+                  "from this bundle's own `network_def` and `model.pt` (the compressed network), then run it:", "",
+                  "```bash",
+                  "python -m monai.bundle trt_export --net_id network_def --filepath models/model_trt.ts "
+                  "--ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json "
+                  "--precision fp16",
+                  "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_trt.json']\"",
+                  "```", "",
+                  "TensorRT and a GPU were not available where this bundle was made: the TensorRT route was not run.",
+                  ""]
     return "\n".join(lines)

@@ -80,14 +80,16 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     before = _digests(src)
     out = str(tmp_path / "spleen_tiny_compressed")
 
-    dry = subprocess.run([CLI, "compress-bundle", src, "--recipe", "channel_pruning_kd", "--out", out, "--dry-run"],
-                         capture_output=True, text=True, timeout=300)
+    args = [CLI, "compress-bundle", src, "--recipe", "channel_pruning_kd", "--out", out, "--epochs", "3",
+            "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=1"]
+    # the dry run checks the schedule against the epochs as the real run does: the recipe's end_epoch 10 does not fit
+    dry = subprocess.run(args[:7] + ["--dry-run"], capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 2 and "leaves no epoch after the last pruning step" in dry.stderr, dry.stderr[-2000:]
+    dry = subprocess.run(args + ["--dry-run"], capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "would" in dry.stdout and not os.path.exists(out), dry.stderr[-2000:]
 
-    done = subprocess.run([CLI, "compress-bundle", src, "--recipe", "channel_pruning_kd", "--out", out,
-                           "--epochs", "3", "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0",
-                           "--set", "prune#end_epoch=1", "--int8", "onnxruntime", "--calibration", "4"],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(args + ["--int8", "onnxruntime", "--calibration", "4"], capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert _digests(src) == before  # the source bundle is byte-identical
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary folder left behind
@@ -145,9 +147,10 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     with torch.no_grad():
         assert torch.allclose(ts(x), net.eval()(x), atol=1e-4)
 
-    # the stock CLI runs the new inference.json: same pre/post-processing, network from model.ts
+    # the stock CLI runs the new inference.json: same pre/post-processing and checkpoint loader (not disabled), the
+    # network built from the dense constructor + models/plan.json, into which the compressed model.pt loads
     infer = json.load(open(os.path.join(out, "configs", "inference.json")))
-    assert "model.ts" in infer["network_def"] and infer["handlers"][0]["_disabled_"] is True
+    assert infer["network_def"]["_target_"] == "monai_prune.apply_plan" and "_disabled_" not in infer["handlers"][0]
     os.symlink(os.path.join(src, "data"), os.path.join(out, "data"))
     run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                           f"{out}/configs/inference.json", "--bundle_root", out], capture_output=True, text=True,
