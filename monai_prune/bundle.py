@@ -238,8 +238,33 @@ def _state(path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
+def dense_network(parser) -> Tuple[Dict[str, Any], nn.Module]:
+    """``(network_def, network)``: the dense network as the run builds it, from the config with the ``--set``
+    overrides applied (a zoo config may pass arguments that newer MONAI removed, e.g. SwinUNETR ``img_size``, which
+    users override with ``--set network_def#...``), built by a parser of its own so it is not the instance the
+    trainer prunes."""
+    from monai.bundle import ConfigParser
+
+    definition = copy.deepcopy(parser.get("network_def"))
+    return definition, ConfigParser(copy.deepcopy(parser.get())).get_parsed_content("network_def")
+
+
+def validation_label_mode(metadata: Dict[str, Any], raw: Dict[str, Any]) -> Optional[str]:
+    """``"multi_label"`` (sigmoid outputs, overlapping channels: BraTS), ``"multi_class"`` or None (decided from the
+    data), from the metadata and the validation postprocessing (instantiated: a zoo config often refers to it)."""
+    from monai.bundle import ConfigParser
+
+    from .fidelity import label_mode_from_bundle
+
+    try:
+        post = ConfigParser(copy.deepcopy(raw)).get_parsed_content("validate#postprocessing", instantiate=True)
+    except Exception:  # no such id, or not buildable alone: let the data decide
+        post = None
+    return label_mode_from_bundle(metadata, post)
+
+
 def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str],
-              guard: _SigtermGuard) -> Tuple[Dict[str, float], Dict[str, Any]]:
+              guard: _SigtermGuard, label_mode: Optional[str] = None) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """Run the bundle's own validation evaluator (its data, inferer, postprocessing, metrics) on ``network``,
     without its handlers (no checkpoint is written): its key/additional metrics, and our per-class metrics
     (:class:`~monai_prune.fidelity.PerClassMetrics`) from the same postprocessed outputs."""
@@ -251,7 +276,7 @@ def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str],
     parser["network"] = network
     parser["validate#handlers"] = []
     evaluator = parser.get_parsed_content("validate#evaluator", instantiate=True)
-    per_class = PerClassMetrics(names).attach(evaluator)
+    per_class = PerClassMetrics(names, label_mode=label_mode or "auto").attach(evaluator)
     with guard.running(evaluator):
         evaluator.run()
     scalars = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
@@ -567,13 +592,15 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if _get(raw, "initialize")[0]:
         parser.get_parsed_content("initialize")  # e.g. set_determinism, as monai.bundle run does
 
-    dense = ConfigParser({"n": info["train"]["network_def"]}).get_parsed_content("n").to(device)
+    dense_def, dense = dense_network(parser)
+    dense = dense.to(device)
     dense.load_state_dict(dense_state)
     dense.eval()
     pred_format = info["metadata"]["network_data_format"]["outputs"]["pred"]
     names = class_names(pred_format.get("channel_def"), int(pred_format.get("num_channels", 1)))
+    label_mode = validation_label_mode(info["metadata"], raw)
     logger.info("evaluating the dense model with the bundle's validate#evaluator")
-    before, before_classes = _evaluate(raw, dense, names, guard)
+    before, before_classes = _evaluate(raw, dense, names, guard, label_mode)
 
     trainer = parser.get_parsed_content("train#trainer", instantiate=True)
     logger.info("fine-tuning with %s for %d epochs", os.path.basename(info["recipe_path"]), trainer.state.max_epochs)
@@ -585,7 +612,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if os.path.isfile(best):
         network.load_state_dict(_state(best))  # the evaluator's best checkpoint (of the final architecture)
     network.eval()
-    after, after_classes = _evaluate(raw, network, names, guard)
+    after, after_classes = _evaluate(raw, network, names, guard, label_mode)
     plan_file = os.path.join(ckpt_dir, "plan.json")
     plan = PruningPlan.load(plan_file) if os.path.isfile(plan_file) else None
 
@@ -628,6 +655,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         "per_class": json_safe(compare_per_class(before_classes, after_classes)),
         "validation_cases": before_classes["cases"],
         "units": before_classes.get("units", {}),
+        "label_mode": before_classes.get("label_mode"),
         "worst_cases": json_safe(worst_cases(before_classes, after_classes)),
         **({"ece": {"before": before_classes["ece"], "after": after_classes["ece"]}} if "ece" in before_classes
            else {}),
@@ -636,8 +664,10 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     from .fidelity import backend_agreement, prediction_agreement
 
     inputs = [torch.as_tensor(dataset[i]["image"])[None].float() for i in range(min(2, len(dataset)))]
-    compression["backend_agreement"] = backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx.path)
-    compression["agreement_vs_dense"] = prediction_agreement(dense.cpu().eval(), network, inputs, inferer)
+    compression["backend_agreement"] = backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx.path,
+                                                         label_mode=compression["label_mode"])
+    compression["agreement_vs_dense"] = prediction_agreement(dense.cpu().eval(), network, inputs, inferer,
+                                                             label_mode=compression["label_mode"])
     network.to(device)
     dense.to(device)
     broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
@@ -668,7 +698,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     # configs, metadata, TorchScript with them embedded
     from .bundle_configs import drop_model_downloads, rewrite_configs, versions_used, write_int8_config
 
-    configs_done = rewrite_configs(staging, info["train"]["network_def"] if plan is not None else None, overrides)
+    configs_done = rewrite_configs(staging, dense_def if plan is not None else None, overrides)
     downloads = drop_model_downloads(staging)
     if downloads:
         configs_done["large_files"] = downloads

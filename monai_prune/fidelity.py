@@ -240,9 +240,15 @@ def backend_agreement(model: Any, inputs: Sequence[torch.Tensor], inferer: Optio
         reference = [run(inputs=x, network=model).float().cpu() for x in inputs]
     result: Dict[str, Any] = {}
     for backend in wanted:
-        predictor = Predictor(onnx_path or model, example_input=example, backend=backend)
-        with torch.no_grad():
-            outputs = [run(inputs=x, network=predictor).float().cpu() for x in inputs]
+        try:
+            predictor = Predictor(onnx_path or model, example_input=example, backend=backend)
+            with torch.no_grad():
+                outputs = [run(inputs=x, network=predictor).float().cpu() for x in inputs]
+        except Exception as e:  # a runtime that cannot run this model (e.g. OpenVINO on a SwinUNETR Reshape)
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            result[backend] = {"error": f"{type(e).__name__}: {reason}"}
+            logger.warning("%s cannot run this model, skipped (do not deploy on it): %s", backend, reason)
+            continue
         found = _agreement(outputs, reference, label_mode)
         key = _agreement_key(label_mode)
         result[backend] = {key: found[key], "max_abs_diff": found["max_abs_diff"], "dice_vs_torch": found["dice"],
@@ -544,6 +550,10 @@ class FidelityCard:
         if compression.get("agreement_vs_dense"):
             notes.append(agreement_note(compression["agreement_vs_dense"], "validation input(s) through the bundle's "
                                                                            "inferer"))
+        for backend, v in (compression.get("backend_agreement") or {}).items():
+            if "error" in v:
+                notes.append(f"{backend} cannot run this model and was skipped ({v['error'][:160]}): serve it on "
+                             "another runtime.")
         int8 = compression.get("int8")
         if int8:
             notes.append(f"int8 artifact models/{int8.get('file')} ({int8.get('backend')}): argmax agreement with the "
@@ -603,7 +613,8 @@ class FidelityCard:
         if cost:
             lines += [f"{h} Cost", "", markdown_table(["", "before", "after", "after / before"], cost), ""]
         if self.backend_agreement:
-            rows = [[backend, _fmt4(agreement_value(v), "{:.5f}"), _fmt4(v.get("max_abs_diff"), "{:.2g}"),
+            rows = [[backend, "**cannot run this model**", "—", v["error"]] if "error" in v else
+                    [backend, _fmt4(agreement_value(v), "{:.5f}"), _fmt4(v.get("max_abs_diff"), "{:.2g}"),
                      ", ".join(f"{c}: {_fmt4(d)}" for c, d in (v.get("dice_vs_torch") or {}).items()) or "n/a"]
                     for backend, v in self.backend_agreement.items()]
             masks = any(v.get("label_mode") == "multi_label" for v in self.backend_agreement.values())
