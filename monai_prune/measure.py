@@ -149,19 +149,24 @@ class _MatmulCounter(TorchFunctionMode):
     @staticmethod
     def _count(func, args, kwargs) -> int:
         if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
-            a, b = args[0], args[1]
-            if a.dim() < 2 or b.dim() < 2:
+            a, b = _operands(args, kwargs, ("input", "mat2" if func in (torch.bmm, torch.Tensor.bmm) else "other"))
+            if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dim() < 2 or b.dim() < 2:
                 return 0
             batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             return math.prod(batch) * a.shape[-2] * a.shape[-1] * b.shape[-1]
         if func is torch.einsum:
             operands = args[1:] if len(args) > 2 else (args[1] if isinstance(args[1], (list, tuple)) else args[1:])
             return _einsum_macs(args[0], list(operands))
-        if func is F.scaled_dot_product_attention:
-            q, k, v = args[:3]
+        if func is F.scaled_dot_product_attention:  # MONAI's attention blocks pass query=, key=, value= by name
+            q, k, v = _operands(args, kwargs, ("query", "key", "value"))
             batch = math.prod(q.shape[:-2])
             return batch * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
         return 0
+
+
+def _operands(args, kwargs, names: Sequence[str]) -> list:
+    """The arguments called ``names``, given by position or by keyword (None where absent)."""
+    return [args[i] if i < len(args) else kwargs.get(name) for i, name in enumerate(names)]
 
 
 def count_macs(model: nn.Module, example_input, per_layer: bool = False):

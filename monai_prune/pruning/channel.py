@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InputError, PruningError
 from ..layers import PRUNABLE_TYPES
-from ..measure import count_macs, count_params, first_layer_input, input_mismatch, shape_text
+from ..measure import count_macs, count_params
 from ..importance import gradients_from_scores
 from ..sparsity import check_fraction
-from ..utils import first_output, run_forward
+from ..utils import run_forward
 from .monai_fixes import (
     ChannelCountingPReLUPruner,
     FrozenBlockPruner,
@@ -34,8 +34,15 @@ from .monai_fixes import (
     exact_concat_sizes,
     find_output_head,
     find_transformer_blocks,
-    output_channels,
     record_widths,
+)
+from .zoo_support import (
+    changed_outputs,
+    output_tensors,
+    output_widths,
+    remember_input_widths,
+    spatial_index_mappings,
+    sync_stored_widths,
 )
 from .plan import PruningPlan, architecture_signature, state_shapes
 
@@ -149,24 +156,17 @@ def _make_importance(config: ChannelPruningConfig):
     return tp.importance.RandomImportance()
 
 
-def _check_example_input(model: nn.Module, example_input) -> None:
+def _check_example_input(example_input) -> None:
+    """Only the kind of input is checked here: whether its shape fits is told by the first forward pass
+    (:func:`count_macs` names the first layer that *ran*; the first one registered is not always the input layer,
+    e.g. DiNTS registers its cells before its stem)."""
     if not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
         raise InputError(f"example_input must be a tensor (B, C, *spatial), got {type(example_input).__name__}")
-    if not isinstance(example_input, torch.Tensor):
-        return
-    first = first_layer_input(model)
-    if first is None:
-        return
-    name, kind, expected = first
-    why = input_mismatch(expected, tuple(example_input.shape))
-    if why:
-        raise InputError(f"example_input has shape {tuple(example_input.shape)} but the network's first layer {name!r} "
-                         f"({kind}) {why}; pass a tensor of shape {shape_text(expected)}")
 
 
 def _check_dense_output(model: nn.Module, example_input, output) -> None:
     """NaN/inf that the dense model already outputs would otherwise be blamed on the first pruned layer."""
-    if not isinstance(output, torch.Tensor) or not output.is_floating_point() or bool(torch.isfinite(output).all()):
+    if all(not t.is_floating_point() or bool(torch.isfinite(t).all()) for t in output_tensors(output).values()):
         return
     tensors = [("parameter", *p) for p in model.named_parameters()] + [("buffer", *b) for b in model.named_buffers()]
     kind, name = next(((k, n) for k, n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())),
@@ -278,8 +278,8 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
     prelu = ChannelCountingPReLUPruner()
     frozen = FrozenBlockPruner({type(m) for n, m in work.named_modules() if n in transformer_blocks})
     reference = record_widths(work, example_input, prelu, frozen)  # also the reference output
-    ref = first_output(reference)
-    head = find_output_head(work, output_channels(reference))
+    head = find_output_head(work, set(output_widths(reference).values()))
+    remember_input_widths(work, example_input)
     ignored = _resolve_names(work, ignore_names + head + transformer_blocks, "ignore")
     if transformer_blocks:
         logger.info("left intact (attention/MLP pruning of transformer blocks is not supported yet): %s",
@@ -294,7 +294,7 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
     if not_layers:
         raise ConfigError(f"layer_ratios must name Conv/Linear layers (the root of a channel group), not blocks: {not_layers}")
     try:
-        with exact_concat_sizes(), frozen.shortcut(work):
+        with exact_concat_sizes(), spatial_index_mappings(), frozen.shortcut(work):
             pruner = tp.pruner.MetaPruner(
                 work, example_input, importance=_make_importance(config), pruning_ratio=ratio,
                 pruning_ratio_dict=ratio_dict or None, ignored_layers=list(ignored.values()), round_to=config.round_to,
@@ -323,15 +323,19 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
         work.zero_grad(set_to_none=True)
     for module, flag in inplace_flags.items():
         module.inplace = flag
+    synced = sync_stored_widths(work, example_input)
+    if synced:
+        logger.info("stored channel counts updated to the pruned widths: %s", ", ".join(synced))
 
     out, layer, why = _run_and_locate_failure(work, example_input)
     if layer is not None or why:
         raise PruningError(f"the pruned network no longer runs: layer {layer!r} {why}; add it to ignore=[...] and retry")
-    out = first_output(out)
-    if out.shape != ref.shape or out.dtype != ref.dtype:
+    changed = changed_outputs(reference, out)
+    if changed:
+        what = "; ".join(f"{k or 'output'} {v}" for k, v in changed.items())
         raise PruningError(
-            f"pruning changed the output from {tuple(ref.shape)} {ref.dtype} to {tuple(out.shape)} {out.dtype}; "
-            f"a layer producing the output was pruned: name it in ignore=[...] (head detected: {head})"
+            f"pruning changed the output ({what}); a layer producing the output was pruned: name it in "
+            f"ignore=[...] (head detected: {head})"
         )
     cfg = asdict(config)
     cfg["ratio_applied"] = ratio
@@ -381,10 +385,10 @@ def prune_channels(
         raise InputError(f"prune_channels expects a torch.nn.Module, got {type(model).__name__}")
     config = pruning_config(ratio, config, **options)
     taylor = (batches, loss_fn, taylor_scores)
-    _check_example_input(model, example_input)
+    _check_example_input(example_input)
     was_training = model.training
     dense: List[Any] = []
-    hook = model.register_forward_hook(lambda module, inputs, output: dense.append(first_output(output)))
+    hook = model.register_forward_hook(lambda module, inputs, output: dense.append(output))
     try:
         macs0 = count_macs(model, example_input)  # one eval-mode forward pass: checks the input fits, gives the output
     finally:

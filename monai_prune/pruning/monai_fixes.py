@@ -25,7 +25,7 @@ import logging
 import re
 import sys
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Sequence
 
 import torch
 import torch_pruning as tp
@@ -33,16 +33,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..layers import layer_out_dim
-from ..utils import first_output, run_forward
+from ..utils import run_forward
 
 logger = logging.getLogger(__name__)
 
 
-# Class names of blocks whose head/MLP pruning is a later capability: they are kept whole.
+# Class names of blocks whose head/MLP pruning is a later capability: they are kept whole. NestLevel,
+# TransformerLayer and PatchEmbed3D are the model zoo's UNesT (its NesT encoder levels hold position embeddings).
 _TRANSFORMER_NAMES = re.compile(
     r"^(SABlock|CrossAttentionBlock|TransformerBlock|WindowAttention|SwinTransformerBlock|"
     r"MultiheadAttention|TransformerEncoderLayer|TransformerDecoderLayer|TransformerEncoder|TransformerDecoder|"
-    r"PatchEmbeddingBlock|PatchEmbed|BasicLayer|MLPBlock)$"
+    r"PatchEmbeddingBlock|PatchEmbed|PatchEmbed3D|BasicLayer|MLPBlock|NestLevel|TransformerLayer)$"
 )
 
 
@@ -56,22 +57,16 @@ def disable_inplace(model: nn.Module) -> int:
     return changed
 
 
-def output_channels(output) -> int:
-    """Channel count (dim 1) of a network output; tuples/lists (deep supervision) use their first tensor."""
-    output = first_output(output)
-    if not isinstance(output, torch.Tensor) or output.dim() < 2:
-        raise TypeError(f"expected the network to return a tensor of shape (B, C, ...), got {type(output).__name__}")
-    return int(output.shape[1])
-
-
-def find_output_head(model: nn.Module, num_outputs: int) -> List[str]:
+def find_output_head(model: nn.Module, num_outputs: int | Iterable[int]) -> List[str]:
     """Names of the layers that produce the class channels.
 
-    Every convolution/linear layer whose output width equals the network's output channel count is treated as
-    part of the head (this also covers DynUNet's deep-supervision heads and UNet's final residual unit).
-    Keeping one more layer than strictly needed costs a few MACs; pruning the head would change the output.
+    Every convolution/linear layer whose output width equals the channel count of a network output (of any of
+    them, for networks returning several: HoVerNet's dict of maps) is treated as part of the head (this also
+    covers DynUNet's deep-supervision heads and UNet's final residual unit). Keeping one more layer than strictly
+    needed costs a few MACs; pruning the head would change the output.
     """
-    return [name for name, m in model.named_modules() if layer_out_dim(m) == num_outputs]
+    widths = {num_outputs} if isinstance(num_outputs, int) else set(num_outputs)
+    return [name for name, m in model.named_modules() if layer_out_dim(m) in widths]
 
 
 def find_transformer_blocks(model: nn.Module) -> List[str]:

@@ -1,0 +1,168 @@
+"""What the MONAI model zoo's other networks need: multi-output networks and 3D index mappings.
+
+Measured on the zoo's bundles (torch-pruning 1.6, monai 1.6.1):
+
+* ``HoVerNet`` returns a dict of three maps (nucleus, horizontal-vertical, type): :func:`output_tensors`
+  names every output so each keeps its shape and each head keeps its channels;
+* torch-pruning reads any slice of a tensor of rank 5 or more as a channel slice (its check only knows ranks 3
+  and 4), so DiNTS's ``x[:, :, 1:, 1:, 1:]`` (``FactorizedReduceBlock``) shifts every channel index by one and
+  the pruned cells no longer fit: :func:`spatial_index_mappings` leaves spatial slices alone;
+* it also reads every expand of a 5-D tensor as Hugging Face grouped-query attention (``(B, heads, repeat, L,
+  head_dim)``), which divides by zero on UNesT's 3D blocks (``ZeroDivisionError``) and would remap channels of
+  any broadcast 3D volume: the same context manager keeps channel indices unchanged through those expands;
+* DiffusionModelUNet's downsampler stores its input width as an int and checks it in ``forward``:
+  :func:`remember_input_widths` / :func:`sync_stored_widths` update such ints on the pruned copy.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Dict, Iterator, List
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..layers import PRUNABLE_TYPES
+from ..utils import run_forward
+
+
+def output_tensors(output, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """Every tensor a network returned, by where it sits: ``""`` for a plain tensor, ``"nucleus_prediction"`` for
+    a dict entry, ``"[1]"`` for a tuple/list item (nested outputs give ``"a[0]"`` and so on)."""
+    if isinstance(output, torch.Tensor):
+        return {prefix: output}
+    found: Dict[str, torch.Tensor] = {}
+    if isinstance(output, dict):
+        for key, value in output.items():
+            found.update(output_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(output, (list, tuple)):
+        for i, value in enumerate(output):
+            found.update(output_tensors(value, f"{prefix}[{i}]"))
+    return found
+
+
+def output_widths(output) -> Dict[str, int]:
+    """Channel count (dim 1) of every output tensor of rank >= 2, by :func:`output_tensors` name."""
+    widths = {k: int(t.shape[1]) for k, t in output_tensors(output).items() if t.dim() >= 2}
+    if not widths:
+        raise TypeError(f"expected the network to return tensors of shape (B, C, ...), got {type(output).__name__}")
+    return widths
+
+
+def changed_outputs(reference, output) -> Dict[str, str]:
+    """``{output name: "(1, 5, 64, 64) float32 -> (1, 3, 64, 64) float32"}`` for every output whose shape or dtype
+    differs from ``reference`` (a missing or extra output counts as changed); empty when all match."""
+    before, after = output_tensors(reference), output_tensors(output)
+
+    def text(t):
+        return "missing" if t is None else f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+    return {k: f"{text(before.get(k))} -> {text(after.get(k))}" for k in sorted(set(before) | set(after))
+            if k not in before or k not in after or before[k].shape != after[k].shape
+            or before[k].dtype != after[k].dtype}
+
+
+def _is_spatial_slice(node) -> bool:
+    grad_fn = node.grad_fn
+    sizes, dim = getattr(grad_fn, "_saved_self_sym_sizes", None), getattr(grad_fn, "_saved_dim", None)
+    if sizes is None or dim is None or len(sizes) < 5:
+        return False  # ranks 3/4 are torch-pruning's own business (tokens (B, N, C), images (B, C, H, W))
+    dim = int(dim)
+    return dim < tp.dependency.constants.MAX_VALID_DIM and dim % len(sizes) != 1
+
+
+@contextmanager
+def spatial_index_mappings() -> Iterator[None]:
+    """While DepGraph is built, slices along a spatial dimension of 3D volumes and expands of 5-D tensors become
+    plain element-wise nodes: channel indices pass through them unchanged (see the module docstring for what goes
+    wrong otherwise). The node keeps that type, so the index mappings DepGraph rebuilds for every group later on
+    (outside this context) stay right."""
+    index_mapping = tp.dependency.index_mapping
+    original_slice = index_mapping.update_slice_index_mapping
+    original_expand = index_mapping.update_expand_index_mapping
+
+    def update_slice(graph, node):
+        if node.type == tp.ops.OPTYPE.SLICE and _is_spatial_slice(node):
+            node.type = tp.ops.OPTYPE.ELEMENTWISE
+            return None
+        return original_slice(graph, node)
+
+    def update_expand(graph, node):
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+        if sizes is not None and len(sizes) == 5:  # a broadcast 3D volume, not grouped-query attention
+            node.type = tp.ops.OPTYPE.ELEMENTWISE
+            return None
+        return original_expand(graph, node)
+
+    index_mapping.update_slice_index_mapping = update_slice
+    index_mapping.update_expand_index_mapping = update_expand
+    try:
+        yield
+    finally:
+        index_mapping.update_slice_index_mapping = original_slice
+        index_mapping.update_expand_index_mapping = original_expand
+
+
+# Widths some blocks keep as plain ints and check in forward (DiffusionModelUNet's ``DiffusionUnetDownsample``
+# raises "Input number of channels (8) is not equal to expected number of channels (16)" once its input is pruned),
+# by class: only these, since other blocks use such attributes for decisions that must not change after pruning
+# (EfficientNet's MBConvBlock adds its skip only while in_channels == out_channels).
+STORED_INPUT_WIDTHS = {"DiffusionUnetDownsample": ("num_channels",)}
+
+
+def _stored_in_widths(module: nn.Module) -> Dict[str, int]:
+    if isinstance(module, PRUNABLE_TYPES):
+        return {}
+    attributes = STORED_INPUT_WIDTHS.get(type(module).__name__, ())
+    return {a: v for a in attributes if isinstance(v := getattr(module, a, None), int) and not isinstance(v, bool)}
+
+
+def sync_stored_widths(model: nn.Module, example_input) -> List[str]:
+    """After pruning: set the channel counts that blocks store as ints (and check in ``forward``) to the widths
+    they now receive, in one forward pass. Only attributes that equalled the block's input width are changed.
+    Returns ``["name.attribute", ...]`` of what changed."""
+    changed: List[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def pre_hook(module, inputs):
+        x = next((t for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 1), None)
+        if x is None:
+            return
+        for attr, value in _stored_in_widths(module).items():
+            if value != x.shape[1] and value == module._monai_prune_width:
+                setattr(module, attr, int(x.shape[1]))
+                changed.append(f"{names[module]}.{attr}")
+
+    hooks = [m.register_forward_pre_hook(pre_hook) for m in model.modules() if hasattr(m, "_monai_prune_width")]
+    try:
+        with torch.no_grad():
+            run_forward(model, example_input)
+    except Exception:  # the caller's own check runs the network again and names the layer that fails
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in model.modules():
+            if hasattr(m, "_monai_prune_width"):
+                del m._monai_prune_width
+    return changed
+
+
+def remember_input_widths(model: nn.Module, example_input) -> None:
+    """Before pruning: note the input width of every block that stores one (see :func:`sync_stored_widths`)."""
+
+    def pre_hook(module, inputs):
+        x = next((t for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 1), None)
+        if x is not None and int(x.shape[1]) in _stored_in_widths(module).values():
+            module._monai_prune_width = int(x.shape[1])
+
+    hooks = [m.register_forward_pre_hook(pre_hook) for m in model.modules() if _stored_in_widths(m)]
+    if not hooks:
+        return
+    try:
+        with torch.no_grad():
+            run_forward(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
