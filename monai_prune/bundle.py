@@ -50,6 +50,7 @@ from .errors import ConfigError, GuardrailError, InputError
 from .fidelity import (FidelityCard, check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails,
                        worst_cases)
 from .utils import atomic_write_text
+from .weights import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -229,13 +230,6 @@ def verify_model_files(bundle: str) -> Dict[str, str]:
 def _bump(version: str) -> str:
     parts = [int(p) if p.isdigit() else 0 for p in str(version).split(".")[:3]] + [0, 0, 0]
     return f"{parts[0]}.{parts[1] + 1}.0"
-
-
-def _state(path: str) -> Dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    return state
 
 
 def dense_network(parser) -> Tuple[Dict[str, Any], nn.Module]:
@@ -583,7 +577,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
             parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs
-    dense_state = _state(info["weights"])
+    dense_state = read_state_dict(info["weights"])
     # the dense weights load first (before distillation takes its teacher at STARTED)
     parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
                                  "load_dict": {"model": "@network"}, "map_location": "cpu"}] + list(parser["train#handlers"])
@@ -610,7 +604,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     ckpt_dir = parser.get_parsed_content("ckpt_dir")
     best = os.path.join(ckpt_dir, "model.pt")
     if os.path.isfile(best):
-        network.load_state_dict(_state(best))  # the evaluator's best checkpoint (of the final architecture)
+        network.load_state_dict(read_state_dict(best))  # the evaluator's best checkpoint (of the final architecture)
     network.eval()
     after, after_classes = _evaluate(raw, network, names, guard, label_mode)
     plan_file = os.path.join(ckpt_dir, "plan.json")

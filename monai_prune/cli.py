@@ -77,26 +77,9 @@ def build_network(network_def: dict) -> torch.nn.Module:
 
 def load_weights(path: str) -> dict:
     """A state dict (or a MONAI CheckpointSaver file holding one under "model"), loaded with weights_only=True."""
-    import pickle
+    from .weights import read_state_dict
 
-    if not os.path.isfile(path):
-        raise InputError(f"weights file {path} does not exist")
-    try:
-        with warnings.catch_warnings():  # a pickle protocol note about a file we then refuse anyway
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise InputError(f"{path} is not a weights-only PyTorch state dict: it pickles other Python objects (e.g. a "
-                         "whole torch.save(model)), which could run code when loaded, so it was not loaded; save "
-                         "model.state_dict() instead") from e
-    except Exception as e:  # torch reports a truncated or damaged file as RuntimeError/EOFError/...
-        raise InputError(f"{path} is not a weights-only PyTorch state dict, or it is corrupt or truncated "
-                         f"({_first_line(e).split('. ')[0]}); it was not loaded") from e
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{path} does not hold a state dict (names to tensors); it was not loaded")
-    return state
+    return read_state_dict(path)
 
 
 def load_weights_into(model: torch.nn.Module, state: dict, path: str) -> None:

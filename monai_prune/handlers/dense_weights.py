@@ -13,37 +13,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 from collections.abc import Mapping
-from typing import Any, Dict, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from ..distributed import unwrap_ddp
 from ..errors import ConfigError, InputError
+from ..weights import read_state_dict, weights_state  # noqa: F401 (weights_state: public here since before)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_dense_weights", "state_checksum", "weights_state"]
-
-
-def weights_state(checkpoint: Any, path: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """The network's state dict in what ``torch.load`` returned: a plain state dict, or a checkpoint dict that holds
-    it under ``"model"`` (MONAI ``CheckpointSaver(save_dict={"model": net, ...})`` with several objects) or
-    ``"state_dict"``. A ``module.`` prefix on every key (a DDP-wrapped network saved as is) is removed."""
-    if not isinstance(checkpoint, Mapping):
-        raise InputError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or a checkpoint dict")
-    for key in ("model", "state_dict"):
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    state = dict(checkpoint)
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{path} holds no network state dict (keys: {sorted(map(str, checkpoint))[:8]})")
-    return state
 
 
 def state_checksum(state: Union[nn.Module, Mapping]) -> str:
@@ -80,12 +62,7 @@ def load_dense_weights(network: nn.Module, path: Optional[str], purpose: str = "
     if not os.path.isfile(path):
         logger.warning("no trained weights at %s: %s starts from the network's initial weights", path, purpose)
         return network
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise InputError(f"cannot read {path} as weights (torch.load(weights_only=True) refused it: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
-    state = weights_state(checkpoint, path)
+    state = read_state_dict(path)
     module = unwrap_ddp(network)
     try:
         module.load_state_dict(state, strict=strict)

@@ -210,21 +210,10 @@ def _ort_int8_layers(int8_path: str, layers: Sequence[str]) -> List[str]:
 
 
 def _ov_int8_layers(ov_model, layers: Sequence[str]) -> List[str]:
-    """Layers of the NNCF-quantized OpenVINO model fed by FakeQuantize (OpenVINO names an ONNX ``Conv`` node
-    ``<onnx name>/WithoutBiases``)."""
-    quantized = set()
-    for op in ov_model.get_ordered_ops():
-        if op.get_type_name() not in ("Convolution", "ConvolutionBackpropData", "MatMul", "GroupConvolution"):
-            continue
-        for value in op.input_values():
-            producer = value.get_node()
-            for _ in range(3):  # FakeQuantize, possibly behind Convert/Reshape of compressed weights
-                if producer.get_type_name() == "FakeQuantize":
-                    quantized.add(op.get_friendly_name())
-                    break
-                if producer.get_input_size() == 0:
-                    break
-                producer = producer.input_value(0).get_node()
+    """Layers of the quantized OpenVINO model whose weights are int8 (:func:`_ov_weights_int8`; OpenVINO names an
+    ONNX ``Conv`` node ``<onnx name>/WithoutBiases``)."""
+    quantized = {op.get_friendly_name() for op in ov_model.get_ordered_ops()
+                 if op.get_type_name() in _OV_WEIGHTED and _ov_weights_int8(op)}
     return [n for n in layers if n in quantized or f"{n}/WithoutBiases" in quantized]
 
 
