@@ -5,6 +5,7 @@ Same ids as the model-zoo ``configs/train.json`` (``network_def``, ``network``, 
 ``@ckpt_dir/model.pt``, sliding-window validation), only smaller: 32^3 volumes, a (8, 16, 32) UNet, few epochs.
 """
 
+import copy
 import json
 import os
 
@@ -17,6 +18,23 @@ NETWORK_DEF = {
     "strides": [2, 2], "num_res_units": 2, "norm": "batch",
 }
 
+
+
+def _labelled_split(section: str, images: str, batch_size: int, shuffle: bool, **cache) -> dict:
+    """``dataset`` + ``dataloader`` of the train/validate section: ``images`` slices @images/@labels."""
+    return {
+        "dataset": {"_target_": "CacheDataset",
+                    "data": f"$[{{'image': i, 'label': l}} for i, l in zip(@images{images}, @labels{images})]",
+                    "transform": f"@{section}#preprocessing", "cache_rate": 1.0, **cache},
+        "dataloader": {"_target_": "DataLoader", "dataset": f"@{section}#dataset", "batch_size": batch_size,
+                       "shuffle": shuffle, "num_workers": 0},
+    }
+
+
+# softmax, then argmax predictions and one-hot labels (the spleen bundle's train/validate postprocessing)
+SOFTMAX_ARGMAX = {"_target_": "Compose", "transforms": [
+    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": 2}]}
 
 def _transforms(random: bool):
     deterministic = [
@@ -52,16 +70,9 @@ def train_config(max_epochs: int = 4):
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": 0.002},
         "train": {
             "preprocessing": {"_target_": "Compose", "transforms": _transforms(random=True)},
-            "dataset": {"_target_": "CacheDataset",
-                        "data": "$[{'image': i, 'label': l} for i, l in zip(@images[:-2], @labels[:-2])]",
-                        "transform": "@train#preprocessing", "cache_rate": 1.0, "num_workers": 0},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 2, "shuffle": True,
-                           "num_workers": 0},
+            **_labelled_split("train", "[:-2]", 2, True, num_workers=0),
             "inferer": {"_target_": "SimpleInferer"},
-            "postprocessing": {"_target_": "Compose", "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": 2},
-            ]},
+            "postprocessing": copy.deepcopy(SOFTMAX_ARGMAX),
             "handlers": [
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
                  "interval": "@val_interval"},
@@ -76,11 +87,7 @@ def train_config(max_epochs: int = 4):
         },
         "validate": {
             "preprocessing": {"_target_": "Compose", "transforms": _transforms(random=False)},
-            "dataset": {"_target_": "CacheDataset",
-                        "data": "$[{'image': i, 'label': l} for i, l in zip(@images[-2:], @labels[-2:])]",
-                        "transform": "@validate#preprocessing", "cache_rate": 1.0, "num_workers": 0},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
-                           "shuffle": False, "num_workers": 0},
+            **_labelled_split("validate", "[-2:]", 1, False, num_workers=0),
             "inferer": {"_target_": "SlidingWindowInferer", "roi_size": ROI, "sw_batch_size": 2, "overlap": 0.25},
             "postprocessing": "%train#postprocessing",
             "handlers": [
@@ -256,15 +263,9 @@ def zoo_train_config(epochs: int = 3):
                  "image_threshold": 0}],
             "preprocessing": {"_target_": "Compose",
                               "transforms": "$@train#deterministic_transforms + @train#random_transforms"},
-            "dataset": {"_target_": "CacheDataset",
-                        "data": "$[{'image': i, 'label': l} for i, l in zip(@images[:-2], @labels[:-2])]",
-                        "transform": "@train#preprocessing", "cache_rate": 1.0, "num_workers": 0},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 2, "shuffle": True,
-                           "num_workers": 0},
+            **_labelled_split("train", "[:-2]", 2, True, num_workers=0),
             "inferer": {"_target_": "SimpleInferer"},
-            "postprocessing": {"_target_": "Compose", "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": 2}]},
+            "postprocessing": copy.deepcopy(SOFTMAX_ARGMAX),
             "handlers": [
                 {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
@@ -281,11 +282,7 @@ def zoo_train_config(epochs: int = 3):
         },
         "validate": {
             "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
-            "dataset": {"_target_": "CacheDataset",
-                        "data": "$[{'image': i, 'label': l} for i, l in zip(@images[-2:], @labels[-2:])]",
-                        "transform": "@validate#preprocessing", "cache_rate": 1.0},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
-                           "shuffle": False, "num_workers": 0},
+            **_labelled_split("validate", "[-2:]", 1, False),
             "inferer": {"_target_": "SlidingWindowInferer", "roi_size": ROI, "sw_batch_size": 4, "overlap": 0.5},
             "postprocessing": "%train#postprocessing",
             "handlers": [
