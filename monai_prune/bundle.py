@@ -131,18 +131,39 @@ def _config_file(src: str, name: str) -> Optional[str]:
     return None
 
 
-def _example_shape(metadata: Dict[str, Any], train: Dict[str, Any]) -> List[int]:
-    """(1, C, *spatial) of one network input, from ``network_data_format`` (or the validation roi)."""
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in value)
+
+
+def _example_shape(metadata: Dict[str, Any], train: Dict[str, Any],
+                   overrides: Optional[Dict[str, Any]] = None) -> Tuple[List[int], str]:
+    """``((1, C, *spatial), where it came from)`` of one network input, for MACs, exports and the network-call
+    latency. In order: ``--set prune#input_shape``; ``--set validate#inferer#roi_size`` (the window the network
+    really sees when the user shrinks a zoo window such as BraTS' 240x240x160); ``network_data_format``
+    inputs.image spatial_shape when it is numbers; the bundle's ``validate#inferer#roi_size``."""
+    overrides = overrides or {}
     image = metadata["network_data_format"]["inputs"]["image"]
-    channels = image.get("num_channels", 1)
+    channels = int(image.get("num_channels", 1))
+    given = overrides.get("prune#input_shape")
+    if given is not None:
+        if not _int_list(given) or len(given) < 3 or given[1] != channels:
+            raise ConfigError(f"--set prune#input_shape={given!r} must be a list (1, {channels}, *spatial) of "
+                              f"integers: the bundle's input has {channels} channel(s)")
+        return [int(v) for v in given], "--set prune#input_shape"
+    roi = overrides.get("validate#inferer#roi_size")
+    if roi is not None:
+        if not _int_list(roi):
+            raise ConfigError(f"--set validate#inferer#roi_size={roi!r} must be a list of integers")
+        return [1, channels, *roi], "--set validate#inferer#roi_size"
     spatial = image.get("spatial_shape")
-    if not spatial or not all(isinstance(s, int) for s in spatial):
-        found, roi = _get(train, "validate#inferer#roi_size")
-        if not found or not isinstance(roi, list) or not all(isinstance(s, int) for s in roi):
-            raise InputError("metadata network_data_format inputs.image.spatial_shape is not a list of numbers and "
-                             "train.json has no validate#inferer#roi_size to use instead")
-        spatial = roi
-    return [1, int(channels), *[int(s) for s in spatial]]
+    if _int_list(spatial):
+        return [1, channels, *spatial], "metadata network_data_format inputs.image"
+    found, roi = _get(train, "validate#inferer#roi_size")
+    if not found or not _int_list(roi):
+        raise InputError("metadata network_data_format inputs.image.spatial_shape is not a list of numbers and "
+                         "train.json has no validate#inferer#roi_size to use instead (or pass --input-shape)")
+    return [1, channels, *roi], "the train config's validate#inferer#roi_size"
 
 
 def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -187,11 +208,12 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
                           f"{os.path.basename(train_path)} has them")
     if os.path.exists(out):
         raise InputError(f"output {out} already exists: choose a new folder (nothing was written)")
+    shape, shape_source = _example_shape(metadata, train, overrides)
     guardrails = dict(recipe_config.get("guardrails") or {})
     guardrails.update({k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("guardrails#")})
     validate_guardrails(guardrails)
     return {"metadata": metadata, "train": train, "train_path": train_path, "recipe": recipe_config,
-            "recipe_path": path, "weights": weights, "shape": _example_shape(metadata, train),
+            "recipe_path": path, "weights": weights, "shape": shape, "shape_source": shape_source,
             "guardrails": guardrails}
 
 
@@ -338,8 +360,9 @@ def _describe(src: str, out: str, epochs: Optional[int], int8: Optional[str],
              "models/model.pt",
              f"fine-tune a private copy with the bundle's trainer + recipe {os.path.basename(info['recipe_path'])}"
              + (f" for {epochs} epochs" if epochs else " (the bundle's max_epochs)"),
-             "evaluate dense and compressed with the bundle's validate#evaluator; time both on "
-             f"{tuple(info['shape'])}",
+             "evaluate dense and compressed with the bundle's validate#evaluator; time the network call on "
+             f"{tuple(info['shape'])} (from {info['shape_source']}) and the whole validate#inferer on one "
+             "validation image",
              "write models/model.ts (+ metadata/inference under extra/), model.pt, plan.json, model.onnx"
              + (f", int8 ({int8})" if int8 else ""),
              "rewrite every config that builds the network (network_def: the dense constructor + models/plan.json)"
@@ -532,6 +555,7 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
             raise ConfigError(f"input_shape {list(input_shape)} does not fit the bundle's input {info['shape']} "
                               "(same rank and channels)")
         info["shape"] = [int(v) for v in input_shape]
+        info["shape_source"] = "--input-shape"
     _check_schedule(src, info, epochs, overrides)
     steps = _describe(src, out, epochs, int8, info)
     if dry_run:
@@ -554,6 +578,18 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
     return summary
 
 
+def _write_network_def(train_path: str, network_def: Dict[str, Any]) -> None:
+    """Put the ``--set network_def`` override into the private run's train config, where the recipes read the
+    constructor config the pruning plan records (``prune#network_def`` loads the file: parsing it in the run's
+    config would build a network instead). Never the source's file."""
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser.load_config_file(train_path)
+    config["network_def"] = network_def
+    ConfigParser.export_config_file(config, train_path, fmt="yaml" if train_path.endswith((".yaml", ".yml"))
+                                    else "json", indent=4)
+
+
 def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibration_samples, device, repeats,
               guard):
     from monai.bundle import ConfigParser
@@ -567,7 +603,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     _private_run_root(src, run_root, info["weights"])
 
     parser = ConfigParser()
-    parser.read_config([info["train_path"].replace(src, run_root, 1), info["recipe_path"]])
+    run_train = info["train_path"].replace(src, run_root, 1)
+    parser.read_config([run_train, info["recipe_path"]])
     parser.read_meta(os.path.join(run_root, "configs", "metadata.json"))
     parser["bundle_root"] = run_root
     if _get(info["recipe"], "prune#input_shape")[0] and "prune#input_shape" not in overrides:
@@ -577,6 +614,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
             parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs
+    if any(k == "network_def" or k.startswith("network_def#") for k in overrides):
+        _write_network_def(run_train, copy.deepcopy(parser.get("network_def")))
     dense_state = read_state_dict(info["weights"])
     # the dense weights load first (before distillation takes its teacher at STARTED)
     parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",

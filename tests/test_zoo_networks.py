@@ -115,6 +115,36 @@ def test_diffusion_model_unet_3d_skip_and_stored_widths():
     assert down.num_channels == pruned.down_blocks[0].resnets[0].conv2.conv.out_channels < 16
 
 
+@pytest.mark.parametrize("resblock_updown", [False, True], ids=["conv_downsampler", "resblock_pool_downsampler"])
+def test_diffusion_model_unet_3d_plan_replay_syncs_stored_widths(tmp_path, resblock_updown):
+    """Before: apply_plan left the downsampler's stored num_channels at the dense width, so the replayed network
+    raised "Input number of channels (4) is not equal to expected number of channels (8)"."""
+
+    def build():
+        return nets.DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16),
+                                       attention_levels=(False, True), num_head_channels=(0, 8), num_res_blocks=1,
+                                       norm_num_groups=4, include_fc=False, resblock_updown=resblock_updown).eval()
+
+    torch.manual_seed(0)
+    model = build()
+    with torch.no_grad():  # the output convolution is zero-initialised: random weights make the comparison real
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    x = (torch.randn(1, 1, 8, 8, 8), torch.tensor([10]))
+    pruned, plan = _assert_pruned(model, x)
+    plan.save(tmp_path / "plan.json")
+    fresh = mp.apply_plan(build(), mp.PruningPlan.load(tmp_path / "plan.json")).eval()
+    fresh.load_state_dict(pruned.state_dict(), strict=True)
+
+    def stored(net):
+        return {n: m.num_channels for n, m in net.named_modules() if type(m).__name__ == "DiffusionUnetDownsample"}
+
+    assert stored(fresh) == stored(pruned) and all(w < 8 for w in stored(pruned).values())
+    expected = _call(pruned, x)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(_call(fresh, x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_count_macs_attention_called_with_keywords():
     """Before: ``q, k, v = args[:3]`` ValueError on scaled_dot_product_attention(query=..., key=..., value=...)."""
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ from ..errors import InputError, PlanMismatchError
 from .network_def import build_literal_network
 from ..utils import atomic_write_text, library_versions
 from .monai_fixes import ChannelCountingPReLUPruner
+from .zoo_support import stored_width_links, sync_linked_widths
 
 PLAN_FORMAT = 1
 
@@ -244,11 +245,16 @@ def apply_plan(model: nn.Module, plan: PruningPlan | str | os.PathLike, strict: 
 
 
 def replay_steps(model: nn.Module, plan: PruningPlan, strict: bool = True) -> None:
-    """Replay ``plan`` on ``model`` itself (no copy, no signature check); with ``strict`` check every shape."""
+    """Replay ``plan`` on ``model`` itself (no copy, no signature check); with ``strict`` check every shape.
+
+    Channel counts some blocks keep as plain ints (DiffusionModelUNet's downsampler, see ``zoo_support``) follow
+    the layer that reads the same input, as ``prune_channels`` set them."""
     modules = dict(model.named_modules())
+    links = stored_width_links(model)
     for step in plan.steps:
         for op in step["ops"]:
             replay_op(model, op, modules)
+    sync_linked_widths(model, links)
     if strict:
         shapes = state_shapes(model)
         for key, shape in plan.pruned_shapes.items():

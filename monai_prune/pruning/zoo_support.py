@@ -11,13 +11,14 @@ Measured on the zoo's bundles (torch-pruning 1.6, monai 1.6.1):
   head_dim)``), which divides by zero on UNesT's 3D blocks (``ZeroDivisionError``) and would remap channels of
   any broadcast 3D volume: the same context manager keeps channel indices unchanged through those expands;
 * DiffusionModelUNet's downsampler stores its input width as an int and checks it in ``forward``:
-  :func:`remember_input_widths` / :func:`sync_stored_widths` update such ints on the pruned copy.
+  :func:`remember_input_widths` / :func:`sync_stored_widths` update such ints on the pruned copy, and
+  :func:`stored_width_links` / :func:`sync_linked_widths` do the same when a plan is replayed (no forward pass).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch_pruning as tp
@@ -146,6 +147,58 @@ def sync_stored_widths(model: nn.Module, example_input) -> List[str]:
         for m in model.modules():
             if hasattr(m, "_monai_prune_width"):
                 del m._monai_prune_width
+    return changed
+
+
+def _downsample_width_source(block: nn.Module, parent: Optional[nn.Module]) -> Optional[Tuple[nn.Module, str]]:
+    """The layer (and its attribute) that reads the same input as a ``DiffusionUnetDownsample``: its own strided
+    convolution (``use_conv=True``, every down block of DiffusionModelUNet / MAISI / ControlNet), or, for the
+    pooling one inside a ``DiffusionUNetResnetBlock(down=True)``, the block's ``norm1``, which normalises that input
+    just before it is pooled."""
+    if getattr(block, "use_conv", False):
+        conv = next((m for m in block.modules() if isinstance(m, PRUNABLE_TYPES)), None)
+        return None if conv is None else (conv, "in_channels")
+    norm = getattr(parent, "norm1", None)
+    return (norm, "num_channels") if isinstance(norm, nn.GroupNorm) else None
+
+
+# Where plan replay, which runs no forward pass, reads the input width of each class of STORED_INPUT_WIDTHS.
+STORED_WIDTH_SOURCES: Dict[str, Callable[[nn.Module, Optional[nn.Module]], Optional[Tuple[nn.Module, str]]]] = {
+    "DiffusionUnetDownsample": _downsample_width_source,
+}
+
+WidthLink = Tuple[nn.Module, str, nn.Module, str]  # (block, its stored attribute, layer, the layer's width attribute)
+
+
+def stored_width_links(model: nn.Module) -> List[WidthLink]:
+    """Before a plan is replayed: every stored width (:data:`STORED_INPUT_WIDTHS`, by class) tied to the layer
+    that reads the same input (:data:`STORED_WIDTH_SOURCES`), where the two agree, as prune's rule is: only an
+    attribute that equals the block's input width is changed. Pass the result to :func:`sync_linked_widths` after
+    the replay."""
+    links: List[WidthLink] = []
+    parents = {child: parent for parent in model.modules() for child in parent.children()}
+    for module in model.modules():
+        source = STORED_WIDTH_SOURCES.get(type(module).__name__)
+        found = source(module, parents.get(module)) if source else None
+        if found is None:
+            continue
+        layer, layer_attribute = found
+        for attribute, value in _stored_in_widths(module).items():
+            if getattr(layer, layer_attribute, None) == value:
+                links.append((module, attribute, layer, layer_attribute))
+    return links
+
+
+def sync_linked_widths(model: nn.Module, links: List[WidthLink]) -> List[str]:
+    """After a plan was replayed: set each linked stored width to its layer's (pruned) width, as
+    :func:`sync_stored_widths` did when the plan was made. Returns ``["name.attribute", ...]`` of what changed."""
+    names = {m: n for n, m in model.named_modules()}
+    changed: List[str] = []
+    for module, attribute, layer, layer_attribute in links:
+        width = int(getattr(layer, layer_attribute))
+        if getattr(module, attribute) != width:
+            setattr(module, attribute, width)
+            changed.append(f"{names.get(module, type(module).__name__)}.{attribute}")
     return changed
 
 
