@@ -4,6 +4,7 @@ UNesT lives in its bundle's ``scripts/``; it is imported from a model-zoo checko
 (``$MONAI_MODEL_ZOO``, see ``benchmarks/zoo_coverage.py``) and the test is skipped where there is none.
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -156,3 +157,46 @@ def test_count_macs_attention_called_with_keywords():
     # two attention blocks (down block and middle block) on 8x8 tokens of 8 channels: QK^T and AV, 2 * 64 * 64 * 8 each
     assert layers["<attention products>"] == 2 * (2 * 64 * 64 * 8)
     assert total == sum(layers.values())
+
+
+def _maisi_autoencoder(channels=(8, 16, 16)):
+    maisi = pytest.importorskip("monai.apps.generation.maisi.networks.autoencoderkl_maisi")
+    return maisi.AutoencoderKlMaisi(
+        spatial_dims=3, in_channels=1, out_channels=1, latent_channels=4, num_channels=channels,
+        num_res_blocks=(1,) * len(channels), norm_num_groups=4, attention_levels=(False,) * len(channels),
+        with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False, use_checkpointing=False,
+        use_convtranspose=False, norm_float16=False, num_splits=2, dim_split=1).eval()
+
+
+def test_autoencoder_kl_maisi_prunes_and_replays(tmp_path):
+    """Before: prune_channels never returned (torch-pruning's group search went round MaisiGroupNorm3D's per-group
+    view/slice/cat for ever); it is traced as the nn.GroupNorm it subclasses."""
+    torch.manual_seed(0)
+    model = _maisi_autoencoder()
+    x = torch.randn(1, 1, 24, 24, 24)
+    pruned, plan = _assert_pruned(model, x)
+    norms = [m for m in pruned.modules() if type(m).__name__ == "MaisiGroupNorm3D"]
+    assert norms and any(m.num_channels < 16 for m in norms)
+    assert all(m.num_channels % m.num_groups == 0 and m.weight.shape == (m.num_channels,) for m in norms)
+    assert all("forward" not in m.__dict__ for m in pruned.modules())  # its own forward runs again
+
+    plan.save(tmp_path / "plan.json")
+    fresh = mp.apply_plan(_maisi_autoencoder(), mp.PruningPlan.load(tmp_path / "plan.json")).eval()
+    fresh.load_state_dict(pruned.state_dict(), strict=True)
+    torch.manual_seed(1)  # the autoencoder samples its latent
+    expected = _call(pruned, x)
+    torch.manual_seed(1)
+    replayed = _call(fresh, x)
+    assert expected[0].abs().max() > 0.1
+    for a, b in zip(replayed, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_group_search_that_does_not_end_is_refused(monkeypatch):
+    """Without the GroupNorm tracing the search would run for ever: it is stopped with an error naming the layer."""
+    from monai_prune.pruning import channel
+
+    monkeypatch.setattr(channel, "traced_as_base", lambda model: contextlib.nullcontext())
+    torch.manual_seed(0)
+    with pytest.raises(mp.errors.PruningError, match=r"does not end on this AutoencoderKlMaisi .*\(MaisiGroupNorm3D\)"):
+        mp.prune_channels(_maisi_autoencoder(channels=(8, 16)), torch.randn(1, 1, 16, 16, 16), ratio=0.3)

@@ -37,12 +37,14 @@ from .monai_fixes import (
     record_widths,
 )
 from .zoo_support import (
+    bounded_group_search,
     changed_outputs,
     output_tensors,
     output_widths,
     remember_input_widths,
     spatial_index_mappings,
     sync_stored_widths,
+    traced_as_base,
 )
 from .plan import PruningPlan, architecture_signature, state_shapes
 
@@ -294,7 +296,8 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
     if not_layers:
         raise ConfigError(f"layer_ratios must name Conv/Linear layers (the root of a channel group), not blocks: {not_layers}")
     try:
-        with exact_concat_sizes(), spatial_index_mappings(), frozen.shortcut(work):
+        with exact_concat_sizes(), spatial_index_mappings(), frozen.shortcut(work), traced_as_base(work), \
+                bounded_group_search():
             pruner = tp.pruner.MetaPruner(
                 work, example_input, importance=_make_importance(config), pruning_ratio=ratio,
                 pruning_ratio_dict=ratio_dict or None, ignored_layers=list(ignored.values()), round_to=config.round_to,
@@ -302,6 +305,8 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
                 customized_pruners=customized, root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR],
             )
         decouple_channel_broadcasts(pruner.DG)
+    except PruningError:  # a group search that does not end: its message names the layers
+        raise
     except Exception as e:
         raise PruningError(f"torch-pruning could not trace this {type(model).__name__}: {type(e).__name__}: {e}") from e
 

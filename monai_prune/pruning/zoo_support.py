@@ -12,11 +12,19 @@ Measured on the zoo's bundles (torch-pruning 1.6, monai 1.6.1):
   any broadcast 3D volume: the same context manager keeps channel indices unchanged through those expands;
 * DiffusionModelUNet's downsampler stores its input width as an int and checks it in ``forward``:
   :func:`remember_input_widths` / :func:`sync_stored_widths` update such ints on the pruned copy, and
-  :func:`stored_width_links` / :func:`sync_linked_widths` do the same when a plan is replayed (no forward pass).
+  :func:`stored_width_links` / :func:`sync_linked_widths` do the same when a plan is replayed (no forward pass);
+* MAISI's ``MaisiGroupNorm3D`` (``AutoencoderKlMaisi``, bundle maisi_ct_generative) is an ``nn.GroupNorm`` that
+  normalises group by group (view, one slice per group, cat, view): DepGraph's group search never ends on that
+  chain (each pass round the coupling gives new indices). :func:`traced_as_base` traces it as the plain
+  ``nn.GroupNorm`` it subclasses (the same maths), so it prunes as every GroupNorm does;
+* any other network whose group search does not end is stopped by :func:`bounded_group_search` with a
+  :class:`~monai_prune.errors.PruningError` naming the layers the search keeps coming back to.
 """
 
 from __future__ import annotations
 
+import collections
+import types
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -24,6 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import PruningError
 from ..layers import PRUNABLE_TYPES
 from ..utils import run_forward
 
@@ -219,3 +228,93 @@ def remember_input_widths(model: nn.Module, example_input) -> None:
     finally:
         for h in hooks:
             h.remove()
+
+
+# Subclasses of a torch layer that compute what the base class computes, but in a way DepGraph cannot follow, by
+# class name: while the graph is built they run the base class's forward. MaisiGroupNorm3D normalises each group
+# separately (to save GPU memory): y = (x - mean) / sqrt(var + eps) * weight + bias over (C / G, D, H, W), as
+# F.group_norm; torch-pruning prunes it with its GroupNorm pruner (weight and bias sliced, num_channels updated,
+# num_groups kept: it removes the same number of channels from every group, so the groups still divide the
+# channels) and MaisiGroupNorm3D's own forward reads the channel count from its input.
+TRACED_AS_BASE: Dict[str, type] = {"MaisiGroupNorm3D": nn.GroupNorm}
+
+
+@contextmanager
+def traced_as_base(model: nn.Module) -> Iterator[None]:
+    """While active, every module of :data:`TRACED_AS_BASE` runs its base class's ``forward`` (an attribute on
+    the instance, removed again afterwards: the module's own forward runs before and after)."""
+    swapped = []
+    for module in model.modules():
+        base = TRACED_AS_BASE.get(type(module).__name__)
+        if base is not None and isinstance(module, base) and "forward" not in module.__dict__:
+            module.forward = types.MethodType(base.forward, module)
+            swapped.append(module)
+    try:
+        yield
+    finally:
+        for module in swapped:
+            del module.forward
+
+
+class GroupSearchError(PruningError):
+    """DepGraph's search for the layers coupled to one channel group does not end."""
+
+
+def _group_limit(num_nodes: int) -> int:
+    # measured on the zoo's networks (benchmarks/zoo_coverage.py): the largest group holds 1.3 entries per graph
+    # node (DiNTS: 1269 for 970 nodes), most hold far fewer; a search that does not end adds entries without
+    # bound, and each one costs a scan of the group (quadratic): this stops it within seconds
+    return 10 * num_nodes + 1000
+
+
+def _recurring_layers(graph, entries, count: int = 3) -> str:
+    """``"'encoder.blocks.1.norm1' (MaisiGroupNorm3D), …"``: the network's own layers nearest to the graph nodes
+    the search came back to most often (the nodes themselves are mostly tensor operations without a name)."""
+    names = {m: n for n, m in graph.model.named_modules() if n}
+    visits = collections.Counter(dep.target for dep, _ in entries)
+    found: collections.Counter = collections.Counter()
+    for node, visited in visits.most_common(20):
+        seen, frontier = {node}, [node]
+        while frontier and not any(n.module in names for n in frontier):  # breadth first, to the nearest layers
+            frontier = list({m for n in frontier for m in n.inputs + n.outputs} - seen)
+            seen.update(frontier)
+        for n in frontier:
+            if n.module in names:
+                found[n.module] += visited
+    return ", ".join(f"{names[m]!r} ({type(m).__name__})" for m, _ in found.most_common(count)) or "unnamed operations"
+
+
+@contextmanager
+def bounded_group_search() -> Iterator[None]:
+    """While active, a channel group that grows past :func:`_group_limit` of its graph's size raises
+    :class:`GroupSearchError` naming the layers it keeps coming back to, instead of searching for ever.
+    torch-pruning adds to a group only inside ``get_pruning_group``, so the bound is set there."""
+    graph_class, group_class = tp.dependency.DependencyGraph, tp.dependency.group.Group
+    original_search, original_add = graph_class.get_pruning_group, group_class.add_dep
+    searching: List = []  # the graph whose group search is running (innermost last)
+
+    def get_pruning_group(self, *args, **kwargs):
+        searching.append(self)
+        try:
+            return original_search(self, *args, **kwargs)
+        finally:
+            searching.pop()
+
+    def add_dep(self, dep, idxs):
+        original_add(self, dep, idxs)
+        if searching and len(self._group) > _group_limit(len(searching[-1].module2node)):
+            graph = searching[-1]
+            raise GroupSearchError(
+                f"torch-pruning's search for the layers coupled to one channel group does not end on this "
+                f"{type(graph.model).__name__} "
+                f"(stopped at {len(self._group)} coupled operations, in a graph of {len(graph.module2node)} nodes); "
+                f"it keeps coming back to {_recurring_layers(graph, self._group)}: an operation in or around "
+                "these layers is not supported; report it, or prune a network without them")
+
+    graph_class.get_pruning_group = get_pruning_group
+    group_class.add_dep = add_dep
+    try:
+        yield
+    finally:
+        graph_class.get_pruning_group = original_search
+        group_class.add_dep = original_add
