@@ -15,12 +15,14 @@ import shutil
 import sys
 import tempfile
 import warnings
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import torch
-
+# torch, MONAI and the heavy parts of monai_prune are imported inside the subcommands that use them, so that
+# `monai-prune --help`, `monai-prune <command> --help` and argument errors answer at once (no torch import)
 from .errors import InputError, MonaiPruneError
-from .utils import configure_logging
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("monai_prune.cli")
 
@@ -152,6 +154,8 @@ def _disk_full(error: BaseException, folder: str) -> bool:
 
 
 def _cmd_prune(args) -> int:
+    import torch
+
     from . import count_macs, count_params, prune_channels
     from .export import export_onnx, export_torchscript
     from .measure import state_dict_bytes
@@ -212,6 +216,8 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_measure(args) -> int:
+    import torch
+
     from . import apply_plan, count_macs, count_params
     from .pruning import PruningPlan
 
@@ -324,6 +330,30 @@ def _cmd_deploy_run(args) -> int:
 
     script = app_script(args.app)
     return subprocess.run([sys.executable, script, *args.app_args]).returncode
+
+
+def _cmd_serve(args) -> int:
+    from .deploy.serve import serve
+
+    summary = serve(app_script(args.app), args.model, args.output, studies=args.study or (), watch=args.watch,
+                    app_args=args.app_args, settle=args.settle, poll=args.poll, max_studies=args.max_studies,
+                    idle_exit=args.idle_exit)
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _cmd_tune_pipeline(args) -> int:
+    from .deploy.pipeline_knobs import tune_pipeline
+    from .utils import atomic_write_text
+
+    result = tune_pipeline(args.bundle, args.images, dense=args.dense, backend=args.backend,
+                           precision=args.precision, overlaps=args.overlap, sw_batch_sizes=args.sw_batch_size,
+                           roi_sizes=args.roi, pixdims=args.pixdim, max_delta=args.max_delta, repeats=args.repeats)
+    print(result["markdown"])
+    if args.json:
+        atomic_write_text(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _cmd_package(args) -> int:
@@ -490,6 +520,53 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments for the app")
     run.set_defaults(func=_cmd_deploy_run)
 
+    serve = sub.add_parser(
+        "serve", usage="monai-prune serve APP -m BUNDLE -o OUT (--study DIR [DIR ...] | --watch INBOX) [options] "
+                       "[-- app options]", help="resident mode: run a deploy app on study after study in one process (imports and model "
+                      "loaded once)",
+        description="Runs APP on each --study folder, then on each study folder that appears in --watch (ready when "
+                    "it holds a .ready file or stayed unchanged for --settle seconds), in one process: imports and "
+                    "the loaded model are paid for the first study only. Results go to OUT/<study folder name>/, "
+                    "one line per study to OUT/serve.jsonl. Options after -- go to the app (e.g. -- --backend "
+                    "openvino --precision int8). SIGTERM/Ctrl-C: the current study finishes, then it exits.")
+    serve.add_argument("app", help="app folder, app.py, or a name under apps/ (ct_seg_compressed, xray_cls_compressed)")
+    serve.add_argument("-m", "--model", required=True, help="the compressed bundle")
+    serve.add_argument("-o", "--output", required=True, help="output root: one result folder per study")
+    serve.add_argument("--study", nargs="+", help="study folders (DICOM) to process, in order")
+    serve.add_argument("--watch", help="inbox folder: every study folder that appears in it is processed")
+    serve.add_argument("--settle", type=float, default=5.0, help="seconds a watched study must stay unchanged "
+                                                                  "(default 5; a .ready file skips the wait)")
+    serve.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the inbox (default 1)")
+    serve.add_argument("--max-studies", type=int, default=None, help="stop after this many studies")
+    serve.add_argument("--idle-exit", type=float, default=None,
+                       help="with --watch: stop after this many seconds without a new study")
+    serve.set_defaults(func=_cmd_serve)
+
+    tune = sub.add_parser(
+        "tune-pipeline", help="measure sliding-window overlap, sw_batch_size, roi and inference resolution of a "
+                              "compressed bundle: per-class Dice and end-to-end seconds",
+        description="Runs the bundle's own preprocessing, inferer and postprocessing (configs/inference.json, "
+                    "checked against its sha256; SaveImage left out) on --images at its own setting and with one "
+                    "knob changed at a time, then the passing knobs combined. Each setting: end-to-end seconds "
+                    "per image, per-class Dice against the reference labels (--dense, else the compressed model at "
+                    "the bundle's setting) and ΔDice against the baseline; it passes when every class keeps "
+                    "ΔDice >= -max-delta. Prints a Markdown table and the --set overrides that ship each passing "
+                    "setting.")
+    tune.add_argument("bundle", help="the compressed bundle folder")
+    tune.add_argument("--images", nargs="+", required=True, help="image files (or DICOM series folders) to run on")
+    tune.add_argument("--dense", help="dense reference: a TorchScript file (ckpt_export) or a bundle folder")
+    tune.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino"])
+    tune.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"])
+    tune.add_argument("--overlap", nargs="+", metavar="F", help="sliding-window overlaps, e.g. 0.5 0.25 0.1")
+    tune.add_argument("--sw-batch-size", dest="sw_batch_size", nargs="+", metavar="N", help="e.g. 1 2 4")
+    tune.add_argument("--roi", nargs="+", metavar="X,Y,Z", help="window sizes, e.g. 96,96,96 64,64,64")
+    tune.add_argument("--pixdim", nargs="+", metavar="X,Y,Z", help="inference spacings in mm, e.g. 1.5,1.5,2 2,2,2")
+    tune.add_argument("--max-delta", dest="max_delta", type=float, default=0.01,
+                      help="largest per-class Dice drop against the baseline (default 0.01)")
+    tune.add_argument("--repeats", type=int, default=1, help="timed runs per image and setting (median; default 1)")
+    tune.add_argument("--json", help="also write the rows to this JSON file")
+    tune.set_defaults(func=_cmd_tune_pipeline)
+
     package = sub.add_parser("package", help="write a MAP-ready folder for a deploy app (+ a Triton model repository)")
     package.add_argument("app", help="app folder, app.py, or a name under apps/")
     package.add_argument("--out", required=True, help="the folder to write (must not exist)")
@@ -565,7 +642,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     # concerns its GPU apps, not this command, and would turn every one-line error into three lines
     warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
     parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passed: List[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # serve ... -- <app options>
+        cut = argv.index("--")
+        argv, passed = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        args.app_args = passed
+    from .utils import configure_logging  # imports torch: only once the arguments are valid
+
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
 
     def fail(message) -> int:

@@ -10,9 +10,10 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Sequence
+from typing import TYPE_CHECKING, Dict, Iterator, Sequence
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the CLI's --help and `deploy run` must not import torch
+    from torch import nn
 
 
 def library_versions() -> Dict[str, str]:

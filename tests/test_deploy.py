@@ -463,3 +463,63 @@ def test_packaged_ct_app_runs_from_its_folder_and_the_triton_repository_parses(s
     record = json.load(open(os.path.join(out, "run.json")))
     assert record["model"]["sha256"] == json.load(open(os.path.join(spleen.compressed, "configs", "metadata.json"))
                                                   )["model_files"][os.path.basename(record["model"]["path"])]
+
+
+def _summary(log):
+    """The summary line ``monai-prune serve`` prints (JSON) among the log lines."""
+    return json.loads([line for line in log.splitlines() if line.startswith('{"studies"')][-1])
+
+
+@pytest.mark.slow
+def test_serve_runs_studies_in_one_process_with_the_labels_of_the_bundles_own_postprocessing(spleen, tmp_path):
+    """``monai-prune serve``: one process, the model loaded once; a bad study is reported and skipped; a restart
+    skips what was served; a watched inbox is served when a study is ready. The fast label inversion gives the SEG
+    the bundle's own postprocessing (Invertd on float channels) gives, on a series the bundle must resample."""
+    image = nib.load(os.path.join(spleen.root, "data", "imagesTs", "ct_test_000.nii.gz"))
+    hu = np.asarray(image.dataobj, dtype=np.float32)
+    studies = {name: str(tmp_path / "in" / name) for name in ("s1", "s2", "bad", "air")}
+    write_ct_series(hu, studies["s1"], spacing=(1.1, 0.9, 2.5))  # not the bundle's 1.5 x 1.5 x 2: resampled
+    shutil.copytree(studies["s1"], studies["s2"])
+    os.makedirs(studies["bad"])
+    with open(os.path.join(studies["bad"], "notes.txt"), "w") as f:
+        f.write("not DICOM")
+    write_ct_series(np.full_like(hu, -1000.0), studies["air"], spacing=(1.1, 0.9, 2.5))  # nothing to segment
+    out = str(tmp_path / "served")
+    cmd = [CLI, "serve", "ct_seg_compressed", "-m", spleen.compressed, "-o", out, "--study",
+           studies["s1"], studies["bad"], studies["s2"], studies["air"], "--", "--precision", "fp32"]
+    code, log = _run(cmd)
+    assert code == 1, log[-4000:]  # one study failed: reported, the others served
+    summary = _summary(log)
+    assert summary["studies"] == 4 and summary["failed"] == 1 and summary["first_study_s"] > 0
+    assert log.count("already loaded on openvino in this process: reused") == 2  # s2 and air: no second model load
+    lines = [json.loads(line) for line in open(os.path.join(out, "serve.jsonl"))]
+    assert [(os.path.basename(r["study"]), r["exit_code"], r["first"]) for r in lines] == [
+        ("s1", 0, True), ("bad", 2, False), ("s2", 0, False), ("air", 0, False)]
+    assert not os.path.exists(os.path.join(out, "bad"))  # a refused study writes nothing
+    record = json.load(open(os.path.join(out, "s1", "run.json")))
+    assert record["stages"]["compressed_inference.postprocessing"].startswith("fast (softmax+argmax, trilinear")
+    served = read_segmentation(_seg_file(os.path.join(out, "s1")), studies["s1"])
+    assert np.array_equal(served, read_segmentation(_seg_file(os.path.join(out, "s2")), studies["s2"]))
+    # the bundle's own postprocessing, one-shot: the same labels
+    _ok([sys.executable, CT_APP, "-i", studies["s1"], "-o", str(tmp_path / "bundle_post"), "-m", spleen.compressed,
+         "--precision", "fp32", "--bundle-postprocessing"])
+    bundle_post = json.load(open(tmp_path / "bundle_post" / "run.json"))
+    assert bundle_post["stages"]["compressed_inference.postprocessing"] == "bundle"
+    reference = read_segmentation(_seg_file(str(tmp_path / "bundle_post")), studies["s1"])
+    assert served.any() and int((served != reference).sum()) <= 2, int((served != reference).sum())
+    # nothing segmented: a valid SEG with every frame (empty frames are omitted only when a segment exists)
+    air = pydicom.dcmread(_seg_file(os.path.join(out, "air")))
+    assert int(air.NumberOfFrames) == hu.shape[2]
+    assert int(pydicom.dcmread(_seg_file(os.path.join(out, "s1"))).NumberOfFrames) < hu.shape[2]
+
+    # a restart serves nothing twice
+    code, log = _run(cmd[:cmd.index("--study") + 1] + [studies["s1"], studies["s2"]])
+    assert code == 0 and _summary(log)["studies"] == 0, log[-3000:]
+    # a watched inbox: a study with a .ready file is served, then the server stops when idle
+    inbox = tmp_path / "inbox"
+    shutil.copytree(studies["s1"], inbox / "s3")
+    (inbox / "s3" / ".ready").touch()
+    code, log = _run([CLI, "serve", "ct_seg_compressed", "-m", spleen.compressed, "-o", out, "--watch", str(inbox),
+                      "--idle-exit", "1", "--poll", "0.2"])
+    assert code == 0 and _summary(log)["studies"] == 1, log[-3000:]
+    assert np.array_equal(read_segmentation(_seg_file(os.path.join(out, "s3")), str(inbox / "s3")), served)

@@ -1,7 +1,8 @@
 """CT segmentation with a compressed MONAI bundle: DICOM CT series in, DICOM SEG out (+ optional NIfTI).
 
     python app.py -i <dicom folder> -o <output folder> -m <compressed bundle folder> \
-        [--backend auto|torchscript|onnxruntime|openvino] [--precision auto|fp32|int8] [--nifti]
+        [--backend auto|torchscript|onnxruntime|openvino] [--precision auto|fp32|int8] [--nifti] \
+        [--operator compressed|stock] [--bundle-postprocessing]
 
 (also ``monai-prune deploy run ct_seg_compressed -i ... -o ... -m ...``). The graph is the stock MONAI Deploy chain
 DICOMDataLoader -> DICOMSeriesSelector (CT) -> DICOMSeriesToVolume -> inference -> DICOMSegmentationWriter, with
@@ -16,13 +17,14 @@ import sys
 from pathlib import Path
 
 from monai.deploy.core import AppContext, Application, Image, IOType
-from monai.deploy.operators import BundleConfigNames, IOMapping, MonaiBundleInferenceOperator
+from monai.deploy.operators import BundleConfigNames, IOMapping
 from monai.deploy.operators.dicom_seg_writer_operator import SegmentDescription
 from pydicom.sr.codedict import codes
 
 from monai_prune.deploy.models import bundle_metadata
 from monai_prune.deploy.operators import (CompressedBundleApp, CompressedBundleInferenceOperator,
-                                         NiftiSegmentationWriterOperator, SegmentationWriterOperator, timed)
+                                         NiftiSegmentationWriterOperator, SegmentationWriterOperator,
+                                         StageTimedBundleInferenceOperator, timed)
 from monai_prune.deploy.runner import run_app
 
 SELECTION_RULES = {"selections": [{"name": "CT series", "conditions": {"Modality": "(?i)CT"}}]}
@@ -42,7 +44,8 @@ class CTSegCompressedApp(CompressedBundleApp):
         selector, volume = self.dicom_input(context, SELECTION_RULES)
         inference = self._inference(context)
         seg_writer = timed(SegmentationWriterOperator)(
-            self, output_folder=output, name="dicom_seg_writer", omit_empty_frames=False, model_info=self.model_info(),
+            self, output_folder=output, name="dicom_seg_writer", omit_empty_frames="auto",
+            model_info=self.model_info(),
             series_description=f"AI segmentation ({choice.name})",
             segment_descriptions=[SegmentDescription(segment_label=label, segmented_property_category=codes.SCT.Organ,
                                                      segmented_property_type=codes.SCT.Organ,
@@ -66,12 +69,18 @@ class CTSegCompressedApp(CompressedBundleApp):
         choice = self.model_choice
         if self.run_options.operator == "stock":
             model_ts = choice.path if choice.bundle is None else str(Path(choice.bundle) / "models" / "model.ts")
-            return timed(MonaiBundleInferenceOperator)(self, bundle_path=model_ts, name="stock_bundle_inference", **io)
-        return timed(CompressedBundleInferenceOperator)(self, model_choice=choice, stage_timer=self.stage_timer,
-                                                        num_threads=self.run_options.num_threads,
-                                                        name="compressed_inference", **io)
+            return timed(StageTimedBundleInferenceOperator)(self, bundle_path=model_ts, stage_timer=self.stage_timer,
+                                                            name="stock_bundle_inference", **io)
+        return timed(CompressedBundleInferenceOperator)(
+            self, model_choice=choice, stage_timer=self.stage_timer, num_threads=self.run_options.num_threads,
+            fast_postprocessing=not self.run_options.bundle_postprocessing, name="compressed_inference", **io)
+
+
+def main(argv=None) -> int:
+    """One study: ``argv`` as the command line (default ``sys.argv``); ``monai-prune serve`` calls this per study."""
+    return run_app(CTSegCompressedApp, expected=["*.dcm"], modality="CT", argv=argv)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sys.exit(run_app(CTSegCompressedApp, expected=["*.dcm"], modality="CT"))
+    sys.exit(main())

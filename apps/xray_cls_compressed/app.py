@@ -51,6 +51,13 @@ class XrayClsCompressedApp(CompressedBundleApp):
         self.add_flow(result, sr_writer, {("text", "text")})
         self.add_flow(selector, sr_writer, {("study_selected_series_list", "study_selected_series_list")})
 
+
+def main(argv=None) -> int:
+    """One study: ``argv`` as the command line (default ``sys.argv``); ``monai-prune serve`` calls this per study."""
+    return run_app(XrayClsCompressedApp, expected=["result.json", "*.dcm"], modality=list(MODALITIES), min_slices=1,
+                   argv=argv)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sys.exit(run_app(XrayClsCompressedApp, expected=["result.json", "*.dcm"], modality=list(MODALITIES), min_slices=1))
+    sys.exit(main())

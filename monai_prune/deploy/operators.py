@@ -39,6 +39,7 @@ class StageTimer:
 
     def __init__(self) -> None:
         self.seconds: Dict[str, float] = {}
+        self.notes: Dict[str, str] = {}  # how a stage ran (e.g. which postprocessing), written with the seconds
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -69,7 +70,54 @@ def timed(cls: type) -> type:
     return _TIMED_CLASSES[cls]
 
 
-class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
+_RUNTIMES: Dict[tuple, Any] = {}
+
+
+def cached_runtime(choice: ModelChoice, num_threads: Optional[int], device: str):
+    """The loaded runtime for a verified model file, loaded once per process: a resident app (``monai-prune serve``)
+    pays model loading and compilation (OpenVINO compiles on load) for its first study only. Keyed by the file's
+    sha256 (verified before every study), backend, threads and device, so a changed file is loaded anew."""
+    from ..runtime import Predictor
+
+    key = (choice.path, choice.sha256, choice.backend, num_threads, device)
+    if key not in _RUNTIMES:
+        _RUNTIMES[key] = Predictor(choice.path, backend=choice.backend, num_threads=num_threads, device=device)
+    else:
+        logger.info("model %s already loaded on %s in this process: reused", choice.name, choice.backend)
+    return _RUNTIMES[key]
+
+
+class _StagesMixin:
+    """Seconds of the bundle operator's pre-processing, network (inferer) and post-processing, into
+    ``stage_timer`` as ``<operator name>.<stage>``; behaviour unchanged."""
+
+    stage_timer: Optional[StageTimer] = None
+
+    def _timed(self, stage: str, fn, *args, **kwargs):
+        if self.stage_timer is None:
+            return fn(*args, **kwargs)
+        return self.stage_timer.measure(f"{self.name}.{stage}", fn, *args, **kwargs)
+
+
+class StageTimedBundleInferenceOperator(_StagesMixin, MonaiBundleInferenceOperator):
+    """The SDK's own ``MonaiBundleInferenceOperator``, unchanged, with its stages timed (the deploy benchmark's
+    dense baseline and ``--operator stock``)."""
+
+    def __init__(self, fragment, *args, stage_timer: Optional[StageTimer] = None, **kwargs) -> None:
+        self.stage_timer = stage_timer
+        super().__init__(fragment, *args, **kwargs)
+
+    def pre_process(self, data: Any, *args, **kwargs):
+        return self._timed("preprocessing", super().pre_process, data, *args, **kwargs)
+
+    def predict(self, data: Any, *args, **kwargs):
+        return self._timed("network", super().predict, data, *args, **kwargs)
+
+    def post_process(self, data: Any, *args, **kwargs):
+        return self._timed("postprocessing", super().post_process, data, *args, **kwargs)
+
+
+class CompressedBundleInferenceOperator(_StagesMixin, MonaiBundleInferenceOperator):
     """Run a compressed bundle's model through our backends, with the bundle's own pre/post-processing and inferer.
 
     Takes the stock operator's arguments (``app_context``, ``input_mapping``, ``output_mapping``, ``bundle_path``,
@@ -83,6 +131,11 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
         stage_timer: a :class:`StageTimer` for pre-processing / network / post-processing seconds.
         model_choice: an already verified :class:`~monai_prune.deploy.models.ModelChoice` (the apps' runner checks
             the model before the graph starts); then backend/precision/verify are not consulted.
+        fast_postprocessing: when the bundle's postprocessing is the model zoo's ``[Activationsd] -> Invertd ->
+            AsDiscreted`` (softmax + argmax, sigmoid + threshold, or none) and the network's grid is axis-aligned
+            with the input's (``Orientationd``/``Spacingd``), compute the same labels on the input grid with
+            separable interpolation (:func:`monai_prune.deploy.label_inversion.invert_labels`) instead of
+            ``Invertd``'s full resampling of every float channel (default True; False runs the bundle's own).
 
     ``bundle_path`` is the compressed bundle folder (or a file in its ``models/``); without it, the app's model
     path (``-m``) is used. ``model_choice`` tells, after the first ``compute``, which file and backend ran.
@@ -90,8 +143,10 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
 
     def __init__(self, fragment, *args, backend: str = "auto", precision: str = "auto", verify: bool = True,
                  num_threads: Optional[int] = None, stage_timer: Optional[StageTimer] = None,
-                 model_choice: Optional[ModelChoice] = None, **kwargs) -> None:
+                 model_choice: Optional[ModelChoice] = None, fast_postprocessing: bool = True, **kwargs) -> None:
         self._backend, self._precision, self._verify = backend, precision, verify
+        self._fast_postprocessing = fast_postprocessing
+        self.postprocessing_used: Optional[str] = None
         self._num_threads = num_threads
         self.stage_timer = stage_timer
         self.model_choice: Optional[ModelChoice] = model_choice
@@ -103,8 +158,6 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
         """Verify and load the model once, before the stock compute touches any file."""
         if self._runner is not None:
             return
-        from ..runtime import Predictor
-
         choice = self.model_choice
         if choice is None:
             path = self.bundle_path or (Path(self.app_context.model_path) if self.app_context.model_path else None)
@@ -115,9 +168,9 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
             self.bundle_path = Path(choice.bundle)  # configs are read from the folder, not from inside model.ts
         elif choice.path.endswith(".ts"):
             self.bundle_path = Path(choice.path)  # a lone model.ts: configs embedded under extra/ (ckpt_export)
-        self._runner = Predictor(choice.path, backend=choice.backend, num_threads=self._num_threads,
-                                 device="cpu" if choice.backend != "torchscript" or not torch.cuda.is_available()
-                                 else "cuda")
+        self._runner = cached_runtime(choice, self._num_threads,
+                                      "cpu" if choice.backend != "torchscript" or not torch.cuda.is_available()
+                                      else "cuda")
         self.model_choice = choice
         logger.info("model %s %s (sha256 %s...) on %s %s: %s", choice.name, choice.version, choice.sha256[:12],
                     choice.backend, choice.precision, choice.reason)
@@ -125,11 +178,6 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
     def compute(self, op_input, op_output, context):
         self._prepare()
         super().compute(op_input, op_output, context)
-
-    def _timed(self, stage: str, fn, *args, **kwargs):
-        if self.stage_timer is None:
-            return fn(*args, **kwargs)
-        return self.stage_timer.measure(f"{self.name}.{stage}", fn, *args, **kwargs)
 
     def pre_process(self, data: Any, *args, **kwargs):
         image = next(iter(data.values())) if isinstance(data, dict) and data else None
@@ -143,7 +191,7 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
             return self._timed("network", self._inferer, inputs=data, network=self._runner, *args, **kwargs)
 
     def post_process(self, data: Any, *args, **kwargs):
-        outputs = self._timed("postprocessing", super().post_process, data, *args, **kwargs)
+        outputs = self._timed("postprocessing", self._post_process, data, *args, **kwargs)
         grid = getattr(self, "_input_grid", None)
         if grid is not None and isinstance(outputs, dict):
             for name, conf in self._outputs.items():
@@ -153,6 +201,48 @@ class CompressedBundleInferenceOperator(MonaiBundleInferenceOperator):
         if isinstance(outputs, dict) and "probabilities" in outputs:  # e.g. CopyItemsd(pred -> probabilities)
             self._probabilities = torch.as_tensor(outputs["probabilities"]).detach().cpu().reshape(-1)
         return outputs
+
+    def _post_process(self, data: Any, *args, **kwargs):
+        fast = self._fast_labels(data, kwargs.get(self.kw_preprocessed_inputs, {})) \
+            if self._fast_postprocessing else None
+        if fast is not None:
+            return fast
+        self._note("bundle")
+        return super().post_process(data, *args, **kwargs)
+
+    def _note(self, how: str) -> None:
+        if self.postprocessing_used != how:
+            logger.info("postprocessing: %s", how)
+        self.postprocessing_used = how
+        if self.stage_timer is not None:
+            self.stage_timer.notes[f"{self.name}.postprocessing"] = how
+
+    def _fast_labels(self, data: Any, inputs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The bundle's ``[Activationsd] -> Invertd -> AsDiscreted`` output computed on the input grid directly, or
+        None (then the bundle's own postprocessing runs), see ``fast_postprocessing``."""
+        from monai.data import MetaTensor
+        from monai.transforms import Compose
+
+        from .label_inversion import fast_pattern, invert_labels
+
+        grid = getattr(self, "_input_grid", None)
+        names = list(self._outputs)
+        if grid is None or len(names) != 1 or not isinstance(data, torch.Tensor) or data.ndim != 4 \
+                or not isinstance(self._postproc, Compose):
+            return None
+        found = fast_pattern(self._postproc.transforms, key=names[0])
+        image = next(iter(inputs.values()), None) if inputs else None
+        if found is None or getattr(image, "affine", None) is None:
+            return None
+        pattern, invert, discretise = found
+        if list(invert.orig_keys) != [next(iter(inputs))]:
+            return None
+        labels = invert_labels(data, pattern, discretise.threshold[0], bool(invert.nearest_interp[0]),
+                               np.asarray(image.affine, dtype=np.float64), grid[0], grid[1])
+        if labels is None:
+            return None
+        self._note(f"fast ({pattern}, {'nearest' if invert.nearest_interp[0] else 'trilinear'} on the input grid)")
+        return {names[0]: MetaTensor(torch.from_numpy(labels), affine=torch.as_tensor(grid[0]))}
 
     def _receive_input(self, name: str, op_input, context):
         """As the stock operator, plus: a 2D bundle fed a one-slice DICOM series (an X-ray through
@@ -234,14 +324,21 @@ class SegmentationWriterOperator(DICOMSegmentationWriterOperator):
     Args:
         series_description: the SEG's SeriesDescription (e.g. "spleen_ct (compressed) AI segmentation"); cut to
             the 64 characters DICOM allows.
+        omit_empty_frames: ``"auto"`` (default): frames only for the slices that hold a segment (a 140-slice CT
+            with an organ on 40 slices gets 40 frames, which highdicom encodes several times faster), and every
+            frame when nothing was segmented (a valid, empty SEG); True/False as the SDK's writer.
     """
 
-    def __init__(self, fragment, *args, series_description: str, **kwargs) -> None:
+    def __init__(self, fragment, *args, series_description: str, omit_empty_frames: Any = "auto", **kwargs) -> None:
         tags = dict(kwargs.pop("custom_tags", None) or {})
         tags.setdefault("SeriesDescription", series_description[:64])
-        super().__init__(fragment, *args, custom_tags=tags, **kwargs)
+        self._omit_policy = omit_empty_frames
+        super().__init__(fragment, *args, custom_tags=tags, omit_empty_frames=omit_empty_frames is not False,
+                         **kwargs)
 
     def create_dicom_seg(self, image, dicom_series, output_dir):
+        if self._omit_policy == "auto":  # only the slices that hold a segment, unless none does (an empty SEG)
+            self._omit_empty_frames = bool(np.any(np.asarray(image)))
         for instance in dicom_series.get_sop_instances():
             ds = instance.get_native_sop_instance()
             for keyword in SOURCE_TYPE2_ATTRIBUTES:

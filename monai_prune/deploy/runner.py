@@ -78,6 +78,9 @@ def _options(argv: Sequence[str]) -> tuple:
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--operator", choices=("compressed", "stock"), default="compressed",
                         help="stock: the SDK's own MonaiBundleInferenceOperator on the bundle's model.ts (TorchScript)")
+    parser.add_argument("--bundle-postprocessing", action="store_true",
+                        help="run the bundle's own postprocessing (Invertd on every float channel) instead of the "
+                             "same labels computed on the input grid directly (monai-prune's operator only)")
     parser.add_argument("--series-uid", default=None,
                         help="segment this series (SeriesInstanceUID) instead of the one the selection rule picks")
     parser.add_argument("--series-description", default=None,
@@ -245,7 +248,8 @@ def _record(choice: ModelChoice, timer, study: Dict[str, Any], staging: str, tot
                                                           "series_number", "skipped_series")}
     return {"model": choice.to_dict(), "backend": choice.backend, "precision": choice.precision,
             "options": {"backend": options.backend, "precision": options.precision, "nifti": options.nifti,
-                        "operator": options.operator},
+                        "operator": options.operator, "bundle_postprocessing": options.bundle_postprocessing},
             "input": safe_study,
             "seconds": {**{k: round(v, 4) for k, v in timer.seconds.items()}, "total": round(total, 4)},
+            "stages": dict(timer.notes),
             "outputs": sorted(os.listdir(staging))}
