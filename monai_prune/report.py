@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .utils import atomic_path, atomic_write_text
+from ._plotting import line_handle, new_figure, save_png
+from .utils import atomic_write_text
 
 
 def markdown_table(header: Sequence[str], rows: List[Sequence[Any]]) -> str:
@@ -17,12 +18,7 @@ def markdown_table(header: Sequence[str], rows: List[Sequence[Any]]) -> str:
 
 def plot_accuracy_vs_latency(results: Dict[str, Any], path: str) -> str:
     """Scatter of mean Dice against sliding-window latency, one point per model and backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=110)
+    fig, ax = new_figure(6.5, 4.5)
     markers = ["o", "s", "^", "D", "v", "P"]
     backends = list(results["dense"]["latency_s"])
     for name, color in (("dense", "tab:blue"), ("pruned", "tab:orange")):
@@ -41,10 +37,7 @@ def plot_accuracy_vs_latency(results: Dict[str, Any], path: str) -> str:
     ax.grid(alpha=0.3)
     lo = min([results["dense"]["mean_dice"], results["pruned"]["mean_dice"]] + ([int8["mean_dice"]] if int8 else []))
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
@@ -254,21 +247,8 @@ Demo wall time: {results.get('elapsed_s', 0):.0f} s.
 
 
 # ------------------------------------------------------------------------------------------------ search report
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: str) -> str:
-    plt = _pyplot()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
@@ -289,9 +269,8 @@ def plot_pareto(dense: Dict[str, Any], rows: List[Dict[str, Any]], chosen: Optio
     """Two panels: the worst class's metric (Dice, or AUC) against the speed-up over dense torch, and against the
     size relative to dense. Candidates that hold every guardrail are filled, those that break one hollow; the Pareto
     front of the passing ones is drawn, the chosen point starred, the dense model at (1, its value)."""
-    plt = _pyplot()
     metric = rows[0]["metric"] if rows else "dice"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    fig, axes = new_figure(12, 4.8, 1, 2)
     backends = sorted({r["backend"] for r in rows})
     colors = dict(zip(backends, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]))
     dense_y = _worst(dense["measured"], metric)
@@ -320,10 +299,10 @@ def plot_pareto(dense: Dict[str, Any], rows: List[Dict[str, Any]], chosen: Optio
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"worst class {metric}")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=colors[b], label=b) for b in backends]
-    handles += [plt.Line2D([], [], marker="o", ls="", color="gray", label="fp32"),
-                plt.Line2D([], [], marker="^", ls="", color="gray", label="int8"),
-                plt.Line2D([], [], marker="o", ls="", markerfacecolor="none", color="gray", label="breaks a guardrail")]
+    handles = [line_handle(marker="o", ls="", color=colors[b], label=b) for b in backends]
+    handles += [line_handle(marker="o", ls="", color="gray", label="fp32"),
+                line_handle(marker="^", ls="", color="gray", label="int8"),
+                line_handle(marker="o", ls="", markerfacecolor="none", color="gray", label="breaks a guardrail")]
     axes[0].legend(handles=handles + axes[0].get_legend_handles_labels()[0], fontsize=7, loc="best", framealpha=0.6)
     axes[1].legend(fontsize=7, loc="best", framealpha=0.6)
     fig.suptitle(f"Search: every candidate (labels: channel ratio); objective: {objective}")
@@ -333,9 +312,8 @@ def plot_pareto(dense: Dict[str, Any], rows: List[Dict[str, Any]], chosen: Optio
 def plot_per_class(per_class: Dict[str, Dict[str, Dict[str, float]]], path: str, metric: str = "dice",
                    title: str = "dense vs compressed, per class") -> str:
     """Bars of ``metric`` per class, dense (before) vs compressed (after), with the Δ written above."""
-    plt = _pyplot()
     names = [n for n, m in per_class.items() if metric in m]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 4.2), dpi=110)
+    fig, ax = new_figure(max(5.0, 1.4 * len(names) + 2), 4.2)
     width = 0.38
     for i, name in enumerate(names):
         before, after = per_class[name][metric]["before"], per_class[name][metric]["after"]
@@ -358,14 +336,13 @@ def plot_overlay(examples: Dict[str, Any], path: str) -> str:
     """One slice: the image, the label, the dense and the compressed segmentation (coloured over the image)."""
     import numpy as np
 
-    plt = _pyplot()
     panels = [("image", examples["dense_image"], None), ("label", examples["dense_image"], examples["dense_label"]),
               ("dense", examples["dense_image"], examples["dense_pred"])]
     if "chosen_pred" in examples:
         panels.append(("compressed", examples.get("chosen_image", examples["dense_image"]), examples["chosen_pred"]))
         diff = (np.asarray(examples["chosen_pred"]) != np.asarray(examples["dense_pred"])).astype(float)
         panels.append(("differs from dense", examples["dense_image"], diff))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=110)
+    fig, axes = new_figure(3.2 * len(panels), 3.4, 1, len(panels))
     for ax, (title, image, mask) in zip(axes, panels):
         ax.imshow(np.asarray(image).T, cmap="gray", origin="lower")
         if mask is not None:

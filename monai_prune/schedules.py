@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional
 
+from ._plotting import new_figure, save_png
 from .errors import ConfigError
-from .utils import atomic_path
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -99,14 +99,9 @@ class SparsitySchedule:
 
     def plot(self, path: str, title: Optional[str] = None) -> str:
         """Write the schedule as a PNG step plot (target sparsity against epoch/iteration)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         last = self.end + max(1, (self.end - self.start) // 5)
         xs = list(range(0, last + 1))
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        fig, ax = new_figure(6, 3.5)
         ax.step(xs, [self(x) for x in xs], where="post", color="tab:orange")
         ax.scatter(self.steps(), [self(s) for s in self.steps()], s=14, color="tab:red", zorder=3,
                    label="pruning steps")
@@ -116,10 +111,7 @@ class SparsitySchedule:
         ax.set_title(title or f"{type(self).__name__}: {self.initial:.2f} -> {self.final:.2f}")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        save_png(fig, path)
         return path
 
     def __repr__(self) -> str:

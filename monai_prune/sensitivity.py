@@ -26,12 +26,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._plotting import new_figure, save_png
 from .errors import ConfigError, InputError, PruningError
 from .layers import layer_out_dim
 from .pruning.channel import ChannelPruningConfig, prune_channels
 from .pruning.plan import architecture_signature, state_shapes
 from .report import markdown_table
-from .utils import atomic_path, atomic_write_text
+from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -227,10 +228,6 @@ class SensitivityResult(JsonResult):
     def plot(self, path: str | os.PathLike, metric: Optional[str] = None, curves: bool = True) -> str:
         """PNG: a heat map of Δmetric (layers × ratios, annotated, with a colour bar) and, with ``curves``, Δmetric
         against the ratio for every layer. Returns the path."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import numpy as np
 
         metric = self._metric(metric)
@@ -238,7 +235,7 @@ class SensitivityResult(JsonResult):
         limit = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 0.0
         limit = limit or 1e-6
         height = max(3.0, 0.35 * len(self.layers) + 1.5)
-        fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(13 if curves else 7.5, height), dpi=110, squeeze=False)
+        fig, axes = new_figure(13 if curves else 7.5, height, 1, 2 if curves else 1, squeeze=False)
         ax = axes[0][0]
         image = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for i in range(data.shape[0]):
@@ -262,10 +259,7 @@ class SensitivityResult(JsonResult):
             ax.grid(alpha=0.3)
             if len(self.layers) <= 16:  # beyond that the heat map's labels are the legend
                 ax.legend(fontsize=6, loc="lower left")
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        save_png(fig, path)
         return str(path)
 
     def suggest_layer_ratios(self, target_ratio: float, max_delta: float, metric: Optional[str] = None) -> Dict[str, float]:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._plotting import new_figure, save_png
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..export import export_onnx
 from ..measure import count_macs
@@ -38,7 +39,7 @@ from ..pruning.plan import architecture_signature
 from ..report import markdown_table
 from ..runtime import Predictor
 from ..sensitivity import CACHE_FORMAT, JsonResult, _Cache, _evaluate_id, _numeric_metrics, weights_digest
-from ..utils import atomic_path, root_logging_for_others
+from ..utils import root_logging_for_others
 from .calibration import CalibrationSet
 from .ptq import (QUANT_BACKENDS, QuantizationConfig, _available, _fp32_file, _int8_layers, _onnx_layers,
                   _resolve_layers, _run_backend)
@@ -126,11 +127,6 @@ class QuantSensitivityResult(JsonResult):
         """PNG: a horizontal bar of Δmetric per layer, most sensitive at the top, each labelled with its share of the
         MACs; the all-int8 model as a grey reference bar and, with ``max_delta``, the tolerance as a dashed line
         (layers beyond it in red: the ones :meth:`suggest_keep_fp32` returns). Returns the path."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         metric = self._metric(metric)
         deltas = self.deltas(metric)
         order = self.ranked(metric)
@@ -140,7 +136,7 @@ class QuantSensitivityResult(JsonResult):
         values = [self.all_int8["delta"][metric]] + [deltas[layer] for layer in order]
         over = set(self.suggest_keep_fp32(max_delta, metric)) if max_delta is not None else set()
         colours = ["0.55"] + ["tab:red" if layer in over else "tab:blue" for layer in order]
-        fig, ax = plt.subplots(figsize=(8, max(3.0, 0.3 * len(labels) + 1.5)), dpi=110)
+        fig, ax = new_figure(8, max(3.0, 0.3 * len(labels) + 1.5))
         positions = list(range(len(labels)))[::-1]  # the reference on top, then the most sensitive layer
         ax.barh(positions, values, color=colours)
         for y, value in zip(positions, values):  # the value beside each bar: small drops are thin bars
@@ -155,10 +151,7 @@ class QuantSensitivityResult(JsonResult):
         ax.set_xlabel(f"Δ{metric}, int8 − fp32 (negative = worse)")
         ax.set_title(f"{self.backend} int8 one layer at a time: Δ{metric} (fp32 {self.fp32[metric]:.4f})", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        save_png(fig, path)
         return str(path)
 
 
