@@ -309,6 +309,8 @@ class Resident:
         self.out = os.path.join(work, "served", variant.name)
         self.process: Optional[subprocess.Popen] = None
         self.count = 0
+        for folder in (self.inbox, self.out):  # a kept --work folder holds the studies of an earlier run
+            shutil.rmtree(folder, ignore_errors=True)
 
     def run(self, series: str) -> Dict[str, Any]:
         os.makedirs(self.inbox, exist_ok=True)

@@ -166,6 +166,26 @@ def _example_shape(metadata: Dict[str, Any], train: Dict[str, Any],
     return [1, channels, *roi], "the train config's validate#inferer#roi_size"
 
 
+# --set prefixes that never reach the fine-tuning run: guardrails#<name> (the recipe's accuracy guardrails) and
+# inference#<id> (a deployment knob written only into the compressed configs/inference.json, e.g.
+# inference#inferer#overlap=0.25 measured by monai-prune tune-pipeline)
+NOT_FOR_TRAINING = ("guardrails#", "inference#")
+
+
+def _check_inference_overrides(src: str, overrides: Dict[str, Any]) -> None:
+    keys = [k for k in overrides if k.startswith("inference#")]
+    if not keys:
+        return
+    path = _config_file(src, "inference")
+    if path is None:
+        raise ConfigError(f"--set {keys[0]}: {src} has no configs/inference.json to write it into")
+    inference = _load(path)
+    for key in keys:
+        if not _get(inference, key.split("#", 1)[1])[0]:
+            raise ConfigError(f"--set {key}: {os.path.basename(path)} has no id {key.split('#', 1)[1]!r} "
+                              "(inference#<id> changes an existing id of the inference config only)")
+
+
 def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
     """Everything that can be wrong before any work starts, as one clear error."""
     if not os.path.isdir(src):
@@ -200,8 +220,9 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
         raise ConfigError("the qat recipe runs with the stock bundle CLI (python -m monai.bundle run --config_file "
                           "\"['configs/train.json','<qat.json>']\"); compress-bundle makes int8 by post-training "
                           "quantization: --int8 openvino|onnxruntime|auto")
+    _check_inference_overrides(src, overrides)
     unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not _get(train, k)[0]
-               and not k.startswith("guardrails#")]
+               and not k.startswith(NOT_FOR_TRAINING)]
     if unknown:
         raise ConfigError(f"unknown keys {unknown}: neither {os.path.basename(path)} "
                           f"({sorted(k for k in recipe_config if not k.startswith(('+', 'recipe')))}) nor "
@@ -339,7 +360,7 @@ def _check_schedule(src: str, info: Dict[str, Any], epochs: Optional[int], overr
     parser.read_config([info["train_path"], info["recipe_path"]])
     parser["bundle_root"] = src
     for key, value in overrides.items():
-        if not key.startswith("guardrails#"):
+        if not key.startswith(NOT_FOR_TRAINING):
             parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs
@@ -610,7 +631,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if _get(info["recipe"], "prune#input_shape")[0] and "prune#input_shape" not in overrides:
         parser["prune#input_shape"] = info["shape"]  # the bundle's own input, not the recipe's 3D placeholder
     for key, value in overrides.items():
-        if not key.startswith("guardrails#"):
+        if not key.startswith(NOT_FOR_TRAINING):
             parser[key] = value
     if epochs is not None:
         parser["train#trainer#max_epochs"] = epochs

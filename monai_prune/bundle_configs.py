@@ -149,7 +149,9 @@ def rewrite_configs(bundle: str, dense_def: Optional[Dict[str, Any]], overrides:
       ``@network_def`` (``multi_gpu_*.json``) and load ``@ckpt_dir/model.pt`` (``evaluate.json``) need no change;
     * ``inference.*`` takes the ``--set`` values of top-level ids it shares with the fine-tuning run (e.g. a patch
       size), so inference runs as the model was fine-tuned; never a local path (:func:`is_local`): the bundle's own
-      ``dataset_dir`` etc. stay.
+      ``dataset_dir`` etc. stay;
+    * ``inference.*`` also takes every ``--set inference#<id>=...`` (deployment knobs such as the sliding-window
+      overlap, which the fine-tuning run never sees).
     """
     configs = os.path.join(bundle, "configs")
     done: Dict[str, str] = {}
@@ -170,11 +172,28 @@ def rewrite_configs(bundle: str, dense_def: Optional[Dict[str, Any]], overrides:
             config.update(carried)
             if carried:
                 notes.append(f"--set values carried: {sorted(carried)}")
+            knobs = {k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("inference#")}
+            for key, value in knobs.items():
+                _set_id(config, key, value)
+            if knobs:
+                notes.append(f"inference-only --set values: {sorted(knobs)}")
         if notes and any(not n.startswith("network_def kept") for n in notes):
             _write(path, config)
         done[name] = "; ".join(notes) or ("unchanged (builds the network through @network_def)"
                                           if "@network_def" in json.dumps(config) else "unchanged")
     return done
+
+
+def _set_id(config: Dict[str, Any], key: str, value: Any) -> None:
+    """``config[a][b]... = value`` for the bundle id ``a#b#...`` (list items by index); the id must exist."""
+    *parents, last = key.split("#")
+    node: Any = config
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def _loader_ids(node: Any, prefix: str = "") -> List[str]:

@@ -1,6 +1,7 @@
 """Pieces of compress-bundle that real model-zoo bundles broke (issue 16), checked without a training run."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -56,3 +57,28 @@ def test_the_label_mode_comes_from_the_bundles_validation_postprocessing():
     assert validation_label_mode({}, brats) == "multi_label"
     assert validation_label_mode({}, spleen) == "multi_class"
     assert validation_label_mode({}, {"validate": {}}) is None  # nothing declared: the data decide
+
+
+def test_inference_only_set_values_reach_the_inference_config_and_never_the_training(tmp_path):
+    """``--set inference#inferer#overlap=0.25`` (what tune-pipeline prints): written into configs/inference.json
+    only; an id the inference config lacks is refused before anything runs."""
+    from monai_prune.bundle import NOT_FOR_TRAINING, _check_inference_overrides
+    from monai_prune.bundle_configs import rewrite_configs
+    from monai_prune.errors import ConfigError
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    inference = {"inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "overlap": 0.5},
+                 "preprocessing": {"transforms": [{"_target_": "Spacingd", "pixdim": [1.5, 1.5, 2.0]}]}}
+    (configs / "inference.json").write_text(json.dumps(inference))
+    (configs / "train.json").write_text(json.dumps({"validate": {"inferer": {"overlap": 0.5}}}))
+    overrides = {"inference#inferer#overlap": 0.25, "inference#preprocessing#transforms#0#pixdim": [2.0, 2.0, 2.0]}
+    _check_inference_overrides(str(tmp_path), overrides)
+    assert all(k.startswith(NOT_FOR_TRAINING) for k in overrides)
+    done = rewrite_configs(str(tmp_path), None, overrides)
+    written = json.loads((configs / "inference.json").read_text())
+    assert written["inferer"]["overlap"] == 0.25 and written["preprocessing"]["transforms"][0]["pixdim"] == [2, 2, 2]
+    assert "inference-only" in done["inference.json"]
+    assert json.loads((configs / "train.json").read_text())["validate"]["inferer"]["overlap"] == 0.5
+    with pytest.raises(ConfigError, match="has no id 'inferer#overlapp'"):
+        _check_inference_overrides(str(tmp_path), {"inference#inferer#overlapp": 0.25})

@@ -159,7 +159,7 @@ def test_combined_row_and_ship_lines(measured):
     assert pixdim_line.startswith("pixdim 1.5x1.5x1.5 -> 3x3x3: worst ΔDice ")
     assert "--set pixdim=[3.0,3.0,3.0]" in pixdim_line and "records pixdim in configs/inference.json" in pixdim_line
     overlap_line = next(line for line in measured["lines"] if line.startswith("overlap"))
-    assert "--set inferer#overlap=0.0" in overlap_line and "does not carry inferer#overlap" in overlap_line
+    assert "--set inference#inferer#overlap=0.0" in overlap_line and "fine-tuning unchanged" in overlap_line
     for line in measured["lines"]:
         assert f"- {line}" in text
 
@@ -181,7 +181,7 @@ def test_cli_prints_table_and_writes_json(tiny, capsys, tmp_path):
     assert rows[0]["delta_dice"] == {"organ": 0.0}
     assert rows[1]["delta_dice"]["organ"] == pytest.approx(rows[1]["dice"]["organ"] - rows[0]["dice"]["organ"])
     if rows[1]["passed"]:
-        assert "--set inferer#overlap=0.25" in printed
+        assert "--set inference#inferer#overlap=0.25" in printed
 
 
 @pytest.mark.parametrize("args, words", [

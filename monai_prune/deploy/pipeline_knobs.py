@@ -385,6 +385,9 @@ def tune_pipeline(bundle: str, images: Sequence[str], dense: Optional[str] = Non
         ``dice``/``delta_dice`` per class, ``worst_delta_dice``, ``worst_class``, ``passed``, ``carried_ids``: the
         ids ``compress-bundle --set`` records in the compressed inference config).
     """
+    # MONAI's DICOM reader warns once per series that the GPU decoder (nvImageCodec) is missing: nothing a CPU user
+    # can act on, and it decodes with pydicom either way
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     from .models import bundle_metadata, select_model
 
     values = check_knob_values(overlaps, sw_batch_sizes, roi_sizes, pixdims)
@@ -525,8 +528,8 @@ def tune_pipeline(bundle: str, images: Sequence[str], dense: Optional[str] = Non
         settings.append(combined)
 
     for s in settings:
-        s["set"] = [_ship(k, v) for k, v in s["overrides"].items()]
         s["carried_ids"] = [k for k in s["overrides"] if _carried(k, config, train)]
+        s["set"] = [_ship(k if k in s["carried_ids"] else f"inference#{k}", v) for k, v in s["overrides"].items()]
         s.pop("_times", None)
         s.pop("_dice", None)
     base_values = {k: knobs[k]["baseline"] for k in KNOBS if k in knobs}
@@ -603,9 +606,8 @@ def _carry_note(row: Dict[str, Any]) -> str:
         notes.append(f"compress-bundle records {', '.join(carried)} in configs/inference.json and, as train.json "
                      "has it too, fine-tunes with it")
     if missing:
-        notes.append(f"compress-bundle does not carry {', '.join(missing)}: it carries only top-level ids that "
-                     "train.json and inference.json share; declare one (e.g. \"overlap\": 0.25 in both, "
-                     "\"overlap\": \"@overlap\" in their inferers) to ship it")
+        notes.append(f"inference#{', inference#'.join(missing)}: compress-bundle writes it into configs/inference.json "
+                     "only (fine-tuning unchanged)")
     return f" ({'; '.join(notes)})" if notes else ""
 
 
