@@ -105,7 +105,7 @@ def swin(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("swin")
     data = write_zoo_data(str(base / "btcv_data"), volumes=4, tests=0)
-    src = write_swin_bundle(str(base / "swin_unetr_btcv_segmentation"), epochs=2)
+    src = write_swin_bundle(str(base / "swin_unetr_btcv_segmentation"), epochs=1)
     code, out, err = _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json",
                            "--dataset_dir", data], cwd=src, timeout=300)  # as the zoo publishes it
     assert code != 0 and "img_size" in out + err  # the zoo's config does not build on this MONAI: users override it
@@ -124,7 +124,7 @@ def test_swin_unetr_network_def_override_is_what_gets_built_and_compressed(swin)
     metadata = _metadata(out)
     c = metadata["compression"]
     assert c["macs"]["after"] < c["macs"]["before"] and list(c["per_class"]) == ["spleen"]
-    # the dense model the user trained with the override is the one evaluated (two tiny epochs: its Dice is low)
+    # the dense model the user trained with the override is the one evaluated (one tiny epoch: its Dice is low)
     assert 0 <= c["per_class"]["spleen"]["dice"]["before"] <= 1 and c["agreement_vs_dense"]["elements"] > 0
     # the compressed bundle's configs build the override's network (no img_size), and model.pt loads into it
     with open(os.path.join(out, "configs", "train.json")) as f:
