@@ -33,6 +33,14 @@ def _stock_train(root, *args):
     assert code == 0 and os.path.isfile(os.path.join(root, "models", "model.pt")), (out + err)[-4000:]
 
 
+def _compress(src, out, data, *sets):
+    """``compress-bundle`` as a user runs it on these bundles: pruned at epoch 0 to 0.3, one more epoch, the local
+    data, plus the bundle's own ``--set`` values."""
+    args = ["prune#start_epoch=0", "prune#end_epoch=0", "prune#final_sparsity=0.3", f"dataset_dir={data}", *sets]
+    return _run([CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+                 *[part for value in args for part in ("--set", value)]])
+
+
 def _metadata(out):
     with open(os.path.join(out, "configs", "metadata.json")) as f:
         return json.load(f)
@@ -67,10 +75,7 @@ def test_brats_dry_run_times_the_window_the_user_set(brats):
 def test_brats_multi_label_bundle_compresses_with_per_channel_fidelity(brats):
     src, data = brats["src"], brats["data"]
     out = str(brats["base"] / "brats_compressed")
-    code, stdout, err = _run([CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
-                              "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0",
-                              "--set", "prune#final_sparsity=0.3", "--set", f"dataset_dir={data}",
-                              "--set", "validate#inferer#roi_size=[32,32,32]"])
+    code, stdout, err = _compress(src, out, data, "validate#inferer#roi_size=[32,32,32]")
     assert code == 0, (stdout + err)[-5000:]  # before: argmax(): does not support bool input, in fidelity
     c = _metadata(out)["compression"]
     # three overlapping sigmoid channels, each scored as its own binary mask (background is not a channel here)
@@ -116,10 +121,7 @@ def swin(tmp_path_factory):
 def test_swin_unetr_network_def_override_is_what_gets_built_and_compressed(swin):
     src, data = swin["src"], swin["data"]
     out = str(swin["base"] / "swin_compressed")
-    code, stdout, err = _run([CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
-                              "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0",
-                              "--set", "prune#final_sparsity=0.3", "--set", f"dataset_dir={data}",
-                              "--set", f"network_def={json.dumps(SWIN_NETWORK)}"])
+    code, stdout, err = _compress(src, out, data, f"network_def={json.dumps(SWIN_NETWORK)}")
     assert code == 0, (stdout + err)[-5000:]  # before: the dense model was built from the zoo's network_def
     metadata = _metadata(out)
     c = metadata["compression"]

@@ -20,11 +20,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# (activation, discretisation) pairs this module can replay on logits: softmax+argmax == argmax of logits,
-# sigmoid+threshold(t) == logits > log(t / (1 - t))
-FAST_PATTERNS = ("softmax+argmax", "argmax", "sigmoid+threshold", "threshold")
-
-
 def axis_aligned_map(source_affine: np.ndarray, target_affine: np.ndarray,
                      tolerance: float = 1e-4) -> Optional[Tuple[Sequence[int], np.ndarray, np.ndarray]]:
     """How target voxel indices follow from source voxel indices, axis by axis, or None.
@@ -48,19 +43,17 @@ def nearest_on_grid(labels: np.ndarray, labels_affine: np.ndarray, grid_affine: 
     """``labels`` (``(C, X, Y, Z)`` integer map on the grid of ``labels_affine``) sampled by nearest neighbour at
     every voxel of the grid ``(grid_affine, grid_shape)``; voxels beyond the labelled volume take the nearest edge
     voxel (as the inverse ``Spacingd`` does with its border padding). None when the grids are not axis-aligned."""
-    found = axis_aligned_map(grid_affine, labels_affine)
+    found = _grid_positions(labels_affine, grid_affine, grid_shape, labels.shape[1:])
     if found is None:
         return None
-    axes, scales, offsets = found
+    axes, positions = found
     moved = np.transpose(labels, (0, *[1 + a for a in axes]))  # the label axes in the order of the grid's axes
-    index = []
-    for c in range(3):
-        positions = scales[c] * np.arange(int(grid_shape[c])) + offsets[c]
-        index.append(np.clip(np.rint(positions), 0, moved.shape[1 + c] - 1).astype(np.intp))
-    return moved[(slice(None), *np.ix_(*index))]
+    return moved[(slice(None), *np.ix_(*[np.rint(p).astype(np.intp) for p in positions]))]
 
 
 def _grid_positions(labels_affine, grid_affine, grid_shape, source_shape):
+    """``(axes, positions)``: for each grid axis ``c``, the (fractional, edge-clipped) index along source axis
+    ``axes[c]`` of every grid voxel; None when the grids are not axis-aligned."""
     found = axis_aligned_map(grid_affine, labels_affine)
     if found is None:
         return None

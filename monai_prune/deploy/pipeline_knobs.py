@@ -34,6 +34,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, InputError, MonaiPruneError
+from .dicom import dice  # per class: 1.0 when both label maps agree the class is absent
 
 logger = logging.getLogger(__name__)
 
@@ -301,12 +302,6 @@ def _masks(labels, classes: int):
     return [labels[c] > 0.5 for c in range(min(classes, labels.shape[0]))]
 
 
-def dice(a, b) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty (the two label maps agree that the class is absent)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def _classes(metadata: Dict[str, Any], labels) -> Tuple[int, List[Tuple[int, str]]]:
     """The number of classes and (channel, name) of the foreground ones, from the metadata's ``channel_def``
     (background names left out), else from the labels."""
@@ -492,7 +487,7 @@ def tune_pipeline(bundle: str, images: Sequence[str], dense: Optional[str] = Non
                         classes = _classes(metadata, ref)
                     count, foreground = classes
                     ref_masks, masks = _masks(ref, count), _masks(labels, count)
-                    s["_dice"].append({n: dice(masks[c], ref_masks[c]) for c, n in foreground
+                    s["_dice"].append({n: dice(masks[c], ref_masks[c], label=True) for c, n in foreground
                                        if c < len(masks) and c < len(ref_masks)})
 
     def _run(s, pipeline, image, net):
