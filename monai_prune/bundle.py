@@ -669,6 +669,10 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     after, after_classes = _evaluate(raw, network, names, guard, label_mode)
     plan_file = os.path.join(ckpt_dir, "plan.json")
     plan = PruningPlan.load(plan_file) if os.path.isfile(plan_file) else None
+    if plan is None and _get(info["recipe"], "prune#plan_path")[0]:
+        raise ConfigError("the recipe's pruning handler never ran, so nothing was pruned: a --set train#handlers=... "
+                          "replaces the handlers the recipe appends (+train#handlers); change single handlers "
+                          "(train#handlers#<i>#...) instead (nothing was written)")
 
     # artifacts
     models = os.path.join(staging, "models")
