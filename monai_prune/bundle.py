@@ -46,6 +46,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .bundle_configs import (check_schedule, drop_model_downloads, instantiate, recorded_overrides, rewrite_configs,
+                             versions_used, write_int8_config)
 from .errors import ConfigError, GuardrailError, InputError
 from .fidelity import (FidelityCard, check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails,
                        worst_cases)
@@ -312,7 +314,7 @@ def _evaluate(raw: Dict[str, Any], network: nn.Module, names: List[str],
     parser = ConfigParser(copy.deepcopy(raw))
     parser["network"] = network
     parser["validate#handlers"] = []
-    evaluator = parser.get_parsed_content("validate#evaluator", instantiate=True)
+    evaluator = instantiate(parser, "validate#evaluator")
     per_class = PerClassMetrics(names, label_mode=label_mode or "auto").attach(evaluator)
     with guard.running(evaluator):
         evaluator.run()
@@ -352,7 +354,6 @@ def _check_schedule(src: str, info: Dict[str, Any], epochs: Optional[int], overr
     check (:func:`~monai_prune.bundle_configs.check_schedule`)."""
     from monai.bundle import ConfigParser
 
-    from .bundle_configs import check_schedule
 
     if not _get(info["recipe"], "prune#end_epoch")[0]:
         return
@@ -616,7 +617,6 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     from monai.bundle import ConfigParser
 
     from . import count_macs, count_params
-    from .bundle_configs import recorded_overrides
     from .export import export_onnx, export_torchscript
     from .measure import state_dict_bytes
     from .pruning import PruningPlan
@@ -638,6 +638,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     if any(k == "network_def" or k.startswith("network_def#") for k in overrides):
         _write_network_def(run_train, copy.deepcopy(parser.get("network_def")))
     dense_state = read_state_dict(info["weights"])
+    as_written = copy.deepcopy(parser.get())  # ids in errors are the user's, not shifted by the loader we insert
     # the dense weights load first (before distillation takes its teacher at STARTED)
     parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
                                  "load_dict": {"model": "@network"}, "map_location": "cpu"}] + list(parser["train#handlers"])
@@ -656,7 +657,7 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     logger.info("evaluating the dense model with the bundle's validate#evaluator")
     before, before_classes = _evaluate(raw, dense, names, guard, label_mode)
 
-    trainer = parser.get_parsed_content("train#trainer", instantiate=True)
+    trainer = instantiate(parser, "train#trainer", as_written)
     logger.info("fine-tuning with %s for %d epochs", os.path.basename(info["recipe_path"]), trainer.state.max_epochs)
     with guard.running(trainer, parser.get_parsed_content("validate#evaluator")):
         trainer.run()
@@ -754,7 +755,6 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         network.to(device)
 
     # configs, metadata, TorchScript with them embedded
-    from .bundle_configs import drop_model_downloads, rewrite_configs, versions_used, write_int8_config
 
     configs_done = rewrite_configs(staging, dense_def if plan is not None else None, overrides)
     downloads = drop_model_downloads(staging)

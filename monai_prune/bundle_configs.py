@@ -319,3 +319,49 @@ class RuntimeNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(x).to(x.device)
+
+
+def _component_ids(node: Any, class_name: str, prefix: str) -> List[str]:
+    """The ids under ``prefix`` whose ``_target_`` names ``class_name`` (``"TensorBoardStatsHandler"`` or a dotted
+    path ending in it)."""
+    found: List[str] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if key == "_target_" and isinstance(value, str) and value.rsplit(".", 1)[-1] == class_name:
+            found.append(prefix)
+        elif isinstance(value, (dict, list)):
+            found += _component_ids(value, class_name, f"{prefix}#{key}" if prefix else str(key))
+    return found
+
+
+def build_failure(config: Dict[str, Any], key: str, error: BaseException) -> str:
+    """One line for a bundle component MONAI could not build: which id, which class, and the root cause (MONAI
+    wraps it in ``Failed to instantiate component ...``), with the ``--set`` that replaces it."""
+    root = error
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    cause = " ".join(str(root).split()) or type(root).__name__
+    failed = [m.group(1) for e in (error, root) for m in [re.search(r"component '([\w.]+)'", str(e))] if m]
+    where = ""
+    if failed:
+        class_name = failed[0].rsplit(".", 1)[-1]
+        ids = _component_ids(config, class_name, "")
+        section = key.split("#")[0] + "#"
+        ids = [i for i in ids if i.startswith(section)] or ids  # the validate#... one when training fails: last
+        where = f" ({class_name} at {', '.join(ids)})" if ids else f" ({class_name})"
+        if ids:
+            cause += f"; install what it needs or replace it with --set '{ids[0]}=...'"
+    return f"the bundle's {key} cannot be built{where}: {type(root).__name__}: {cause} (nothing was written)"
+
+
+def instantiate(parser: Any, key: str, config: Optional[Dict[str, Any]] = None) -> Any:
+    """``parser.get_parsed_content(key, instantiate=True)``, or a :class:`ConfigError` in one line
+    (:func:`build_failure`) when MONAI cannot build it: a missing optional package (tensorboard, mlflow), a class
+    this MONAI no longer has, a wrong keyword. ``config``: the config as the user wrote it, to name ids in it (the
+    parser's may hold components we inserted)."""
+    try:
+        return parser.get_parsed_content(key, instantiate=True)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(build_failure(parser.get() if config is None else config, key, e)) from e

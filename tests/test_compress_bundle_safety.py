@@ -192,3 +192,30 @@ def test_metadata_records_the_sha256_of_every_config(runs):
     assert set(recorded) == set(os.listdir(configs)) - {"metadata.json"}
     assert {"inference.json", "train.json", "compress_recipe.json", "logging.conf"} <= set(recorded)
     assert recorded == {name: _sha256(os.path.join(configs, name)) for name in recorded}
+
+
+def test_a_component_monai_cannot_build_or_a_recipe_that_never_pruned_is_one_line_and_writes_nothing(tmp_path,
+                                                                                                      capsys):
+    """A zoo bundle's handler this machine cannot build (the zoo's TensorBoardStatsHandler without tensorboard; here
+    a keyword StatsHandler does not take) is named by id in one line, not MONAI's traceback; a ``--set`` that
+    replaces ``train#handlers`` wholesale drops the recipe's pruning handler: refused, never published at 1.0x."""
+    src = write_bundle(str(tmp_path / "b"), volumes=3)
+    write_untrained_weights(src)
+    before = _tree(src)
+    out = str(tmp_path / "out")
+    base = ["compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+            "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0"]
+    broken = '{"_target_": "StatsHandler", "tag_name": "train_loss", "no_such_keyword": 1}'
+    assert main(base + ["--set", f"train#handlers#1={broken}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and sum(line.startswith("monai-prune") for line in err.splitlines()) == 1, err
+    err = err.splitlines()[-1]
+    assert "the bundle's train#trainer cannot be built (StatsHandler at train#handlers#1): TypeError" in err, err
+    assert "no_such_keyword" in err and "--set 'train#handlers#1=...'" in err and "(nothing was written)" in err
+    assert not os.path.exists(out) and _work_folders(out) == [] and _tree(src) == before
+
+    plain = '[{"_target_": "StatsHandler", "tag_name": "train_loss"}]'
+    assert main(base + ["--set", f"train#handlers={plain}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "the recipe's pruning handler never ran" in err.splitlines()[-1], err
+    assert not os.path.exists(out) and _work_folders(out) == [] and _tree(src) == before
