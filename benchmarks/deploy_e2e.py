@@ -73,6 +73,7 @@ import torch  # noqa: E402
 import _bench  # noqa: E402
 from monai_prune.data import synthetic_ct  # noqa: E402
 from monai_prune.deploy.dicom import dice, read_segmentation, write_ct_series  # noqa: E402
+from monai_prune.fidelity import FidelityCard  # noqa: E402
 from monai_prune.report import markdown_table  # noqa: E402
 from monai_prune.runtime import available_backends  # noqa: E402
 from monai_prune.utils import atomic_write_text, configure_logging  # noqa: E402
@@ -143,6 +144,9 @@ def parse_args() -> argparse.Namespace:
                         help="only these compressed variants (dense always runs: it is the reference)")
     parser.add_argument("--work", default=None, help="work folder, kept (default: a temporary folder, removed)")
     parser.add_argument("--json", default=None, help="write the result as JSON here, and a Markdown file beside it")
+    parser.add_argument("--no-card", action="store_true",
+                        help="do not write the end-to-end ratios into the benchmarked compressed bundle's fidelity "
+                             "card (docs/fidelity_card.json and .md; the bundle is the one this run prepared)")
     args = parser.parse_args()
     for key, (full, quick) in SETTINGS.items():
         if getattr(args, key) is None:
@@ -495,6 +499,40 @@ def targets(rows: Sequence[Dict[str, Any]], max_delta: float = 0.01) -> List[str
     return lines
 
 
+def card_pipeline(rows: Sequence[Dict[str, Any]], what: str, max_delta: float = 0.01) -> Optional[Dict[str, Any]]:
+    """:attr:`FidelityCard.pipeline_s` from the benchmark: the dense stock pipeline (before) against the fastest
+    steady-state variant whose Dice vs the label stays within ``max_delta`` of dense (after); None when none does."""
+    dense = rows[0]
+    kept = [r for r in rows[1:] if r["wall_s"] and r["dice_vs_label"] >= dense["dice_vs_label"] - max_delta]
+    if not kept:
+        return None
+    best = min(kept, key=lambda r: r["wall_s"])
+    stages = {"start-up and imports": (dense["startup_s"], best["startup_s"])}
+    stages.update({name: (dense["stages_s"].get(key), best["stages_s"].get(key)) for key, name in (
+        ("load", "DICOM load"), ("preprocessing", "preprocessing"), ("network", "network (sliding window)"),
+        ("postprocessing", "postprocessing (inversion to the input grid)"), ("seg_write", "DICOM SEG writing"),
+        ("app_other", "rest of the app (model load, graph set-up)"))})
+    return {"what": f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, "
+                    f"{best['postprocessing'].split(' on ')[0]} postprocessing), Dice vs label {best['dice_vs_label']:.4f}"
+                    f" vs dense {dense['dice_vs_label']:.4f}, Dice vs the dense SEG {best['dice_vs_dense']:.4f}",
+            "end_to_end": {"before": dense["wall_s"], "after": best["wall_s"]},
+            "first_study": {"before": dense["first_study_s"], "after": best["first_study_s"]},
+            "stages": {k: {"before": b, "after": a} for k, (b, a) in stages.items()}}
+
+
+def write_card_pipeline(bundle: str, pipeline: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Put ``pipeline`` into ``bundle``'s fidelity card (JSON and Markdown, each written atomically)."""
+    path = os.path.join(bundle, "docs", "fidelity_card.json")
+    if pipeline is None or not os.path.isfile(path):
+        return None
+    card = FidelityCard.load(path)
+    card.pipeline_s = pipeline
+    card = FidelityCard.from_dict(card.to_dict())  # the normal form (plain JSON values)
+    card.to_json(path)
+    atomic_write_text(os.path.join(bundle, "docs", "fidelity_card.md"), card.to_markdown())
+    return path
+
+
 def machine() -> Dict[str, Any]:
     cpu = "unknown"
     try:
@@ -569,6 +607,13 @@ def main() -> None:
         f"{' (reused from an earlier run)' if models['reused'] else ''}; benchmark wall time "
         f"{time.perf_counter() - started:.0f} s.",
     ]
+    if not args.no_card:
+        what = (f"DICOM CT {args.size}x{args.size}x{args.slices} to DICOM SEG with apps/ct_seg_compressed, "
+                f"benchmarks/deploy_e2e.py on {host['cpus']} CPUs ({args.rounds} rounds, medians); before = the "
+                "dense TorchScript model through the SDK's stock operator")
+        card = write_card_pipeline(models["compressed"], card_pipeline(rows, what))
+        notes.append(f"End-to-end and per-stage ratios written into the fidelity card {card}." if card else
+                     "No variant kept Dice vs label within 0.01 of dense: the fidelity card was left as it was.")
     text = f"## {title}\n\n{table(rows)}\n\n" + "\n\n".join(notes) + "\n"
     print(f"\n{text}")
     if args.json:

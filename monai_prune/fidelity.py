@@ -359,6 +359,10 @@ class FidelityCard:
         allowed_degraded: the artifact was written despite ``broken`` (``--allow-degraded``).
         cases: number of validation cases measured.
         notes: free sentences (where the numbers come from, caveats).
+        pipeline_s: the whole deployed pipeline timed (e.g. by ``benchmarks/deploy_e2e.py``, DICOM in to SEG out):
+            ``{"what", "end_to_end": {"before", "after"}, "first_study": {...}, "stages": {stage: {"before",
+            "after"}}}`` seconds, before = the dense model's stock pipeline, after = the compressed one; ``None`` when
+            the pipeline was not timed (``compress-bundle`` times the network and the bundle's inferer only).
         label_mode: segmentation only: ``"multi_label"`` when every output channel is its own class measured on its
             binary mask (channels may overlap, e.g. BraTS TC/WT/ET), ``"multi_class"`` for exclusive classes;
             ``None`` when unknown (cards written before it existed).
@@ -382,6 +386,7 @@ class FidelityCard:
     cases: Optional[int] = None
     notes: List[str] = field(default_factory=list)
     label_mode: Optional[str] = None
+    pipeline_s: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if self.task not in ("segmentation", "classification"):
@@ -394,7 +399,7 @@ class FidelityCard:
                              f"{type(self.per_class).__name__}")
         # one normal form (plain JSON values, nan/inf -> None) so that a card equals its JSON round trip
         for name in ("per_class", "summary", "units", "latency_s", "network_latency_s", "macs", "params",
-                     "size_bytes", "backend_agreement", "worst_cases", "guardrails", "broken", "notes"):
+                     "size_bytes", "backend_agreement", "worst_cases", "guardrails", "broken", "notes", "pipeline_s"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, json_safe(_plain(value)))
@@ -612,6 +617,10 @@ class FidelityCard:
                 cost.append(row)
         if cost:
             lines += [f"{h} Cost", "", markdown_table(["", "before", "after", "after / before"], cost), ""]
+        if self.pipeline_s:
+            lines += [f"{h} End to end: {self.pipeline_s.get('what', 'the deployed pipeline')}", "",
+                      markdown_table(["seconds", "before (dense)", "after (compressed)", "after / before", "speed-up"],
+                                     _pipeline_rows(self.pipeline_s)), ""]
         if self.backend_agreement:
             rows = [[backend, "**cannot run this model**", "—", v["error"]] if "error" in v else
                     [backend, _fmt4(agreement_value(v), "{:.5f}"), _fmt4(v.get("max_abs_diff"), "{:.2g}"),
@@ -681,6 +690,18 @@ def _delta(v: Mapping[str, Any]) -> Optional[float]:
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
+
+
+def _pipeline_rows(pipeline: Mapping[str, Any]) -> List[List[str]]:
+    """End to end, first study, then each stage: before, after, after / before, speed-up."""
+    timed = [("end to end (steady state)", pipeline.get("end_to_end")), ("first study", pipeline.get("first_study"))]
+    timed += [(f"stage: {name}", v) for name, v in (pipeline.get("stages") or {}).items()]
+    rows = []
+    for label, v in timed:
+        if v:
+            speedup = _ratio(v.get("before"), v.get("after"))
+            rows.append([label, *_pair(v, "{:.2f}"), "n/a" if speedup is None else f"{speedup:.2f}x"])
+    return rows
 
 
 def _pair(v: Mapping[str, Any], spec: str, scale: float = 1.0) -> List[str]:

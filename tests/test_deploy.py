@@ -10,8 +10,10 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -521,7 +523,16 @@ def test_serve_runs_studies_in_one_process_with_the_labels_of_the_bundles_own_po
     inbox = tmp_path / "inbox"
     shutil.copytree(studies["s1"], inbox / "s3")
     (inbox / "s3" / ".ready").touch()
-    code, log = _run([CLI, "serve", "ct_seg_compressed", "-m", spleen.compressed, "-o", out, "--watch", str(inbox),
-                      "--idle-exit", "1", "--poll", "0.2", "--", "--precision", "fp32"])
-    assert code == 0 and _summary(log)["studies"] == 1, log[-3000:]
+    # ... and SIGTERM while the app runs it (the SDK's graph is running): the study finishes, then the server exits 0
+    proc = subprocess.Popen([CLI, "serve", "ct_seg_compressed", "-m", spleen.compressed, "-o", out, "--watch",
+                             str(inbox), "--poll", "0.2", "--", "--precision", "fp32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env())
+    deadline = time.time() + 300
+    while not glob.glob(os.path.join(out, ".s3.staging-*")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and _summary(log)["studies"] == 1 and "SIGTERM received" in log, log[-3000:]
+    assert [r["exit_code"] for r in map(json.loads, open(os.path.join(out, "serve.jsonl")))][-1] == 0
     assert np.array_equal(read_segmentation(_seg_file(os.path.join(out, "s3")), str(inbox / "s3")), served)

@@ -1,6 +1,8 @@
 """Per-class fidelity metrics against hand computations: a mean that holds must not hide a class that collapses."""
 
 import json
+import os
+import sys
 import math
 
 import pytest
@@ -8,7 +10,8 @@ import torch
 
 from monai_prune.errors import InputError
 from monai_prune.errors import ConfigError
-from monai_prune.fidelity import PerClassMetrics, check_guardrails, class_names, compare_per_class, json_safe
+from monai_prune.fidelity import (FidelityCard, PerClassMetrics, check_guardrails, class_names, compare_per_class,
+                                   json_safe)
 
 
 def _onehot(index_map, classes):
@@ -362,3 +365,43 @@ def test_classification_card_judges_classes_by_sensitivity():
     delta = table[name][metric]["delta"]
     assert f"worst class Δ {'AUC' if metric == 'auc' else metric} {delta:+.4f} ({name}:" in card.headline()
     assert "expected calibration error" in card.to_markdown() and "| nodule | AUC |" in card.to_markdown()
+
+
+def test_the_deploy_benchmark_writes_end_to_end_and_per_stage_ratios_into_the_card(tmp_path):
+    """``benchmarks/deploy_e2e.py`` puts the whole pipeline's seconds (dense stock vs the fastest variant that keeps
+    the Dice guardrail) into the compressed bundle's card, beside the network ratio; a faster variant that lost
+    accuracy is never the one reported."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_e2e", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "deploy_e2e.py"))
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+
+    def row(name, wall, first, network, dice_label, startup=5.0):
+        return {"variant": name, "backend": "openvino", "precision": "fp32", "postprocessing": "fast (argmax) on x",
+                "wall_s": wall, "first_study_s": first, "startup_s": startup, "dice_vs_label": dice_label,
+                "dice_vs_dense": 0.97, "stages_s": {"load": 0.5, "preprocessing": 0.7, "network": network,
+                                                   "postprocessing": 0.4, "seg_write": 1.0, "app_other": 0.5}}
+
+    rows = [row("dense-stock", 25.0, 25.0, 8.0, 0.91), row("too-lossy", 4.0, 9.0, 1.0, 0.85),
+            row("resident", 6.5, 11.0, 4.0, 0.905, startup=0.0), row("one-shot", 13.0, 13.0, 4.2, 0.91)]
+    pipeline = bench.card_pipeline(rows, "a test pipeline")
+    assert pipeline["what"].startswith("a test pipeline; after = resident")
+    assert pipeline["end_to_end"] == {"before": 25.0, "after": 6.5}
+    assert pipeline["stages"]["network (sliding window)"] == {"before": 8.0, "after": 4.0}
+    bundle = tmp_path / "bundle"
+    (bundle / "docs").mkdir(parents=True)
+    card = FidelityCard(title="t", task="segmentation",
+                        per_class={"spleen": {"dice": {"before": 0.91, "after": 0.905, "delta": -0.005}}})
+    card.to_json(str(bundle / "docs" / "fidelity_card.json"))
+    assert bench.write_card_pipeline(str(bundle), pipeline) == str(bundle / "docs" / "fidelity_card.json")
+    loaded = FidelityCard.load(str(bundle / "docs" / "fidelity_card.json"))
+    assert loaded.pipeline_s == pipeline and loaded.per_class == card.per_class
+    markdown = (bundle / "docs" / "fidelity_card.md").read_text()
+    assert "## End to end: a test pipeline; after = resident" in markdown
+    assert "| end to end (steady state) | 25.00 | 6.50 | 0.260 | 3.85x |" in markdown
+    assert "| stage: network (sliding window) | 8.00 | 4.00 | 0.500 | 2.00x |" in markdown
+    assert "| stage: start-up and imports | 5.00 | 0.00 | 0.000 | n/a |" in markdown
+    assert bench.card_pipeline([rows[0], rows[1]], "x") is None  # nothing kept accuracy: nothing to report

@@ -110,26 +110,43 @@ class _Watch:
 
 
 class _Stop:
-    """SIGTERM/SIGINT: finish the current study, then stop."""
+    """SIGTERM/SIGINT: finish the current study, then stop.
+
+    The signals are blocked (``pthread_sigmask``) in the server's thread from before the app is imported, so every
+    thread the SDK, Holoscan and the runtimes start inherits the block, and they stay pending until the server looks
+    between studies. A handler would not do: Holoscan installs its own while an app's graph runs, and on SIGTERM it
+    interrupts the graph and forces the process to exit 1 three seconds later, mid-study."""
+
+    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Dict[int, Any] = {}
+        self._requested = False
+        self._mask: Optional[set] = None
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         return self
 
-    def _handle(self, signum, frame) -> None:
-        if not self.requested:
-            logger.info("%s received: finishing the current study, then stopping",
-                        signal.Signals(signum).name)
-        self.requested = True
+    def _take(self, timeout: float) -> None:
+        info = signal.sigtimedwait(self.SIGNALS, timeout)
+        if info is not None and not self._requested:
+            self._requested = True
+            logger.info("%s received: finishing the current study, then stopping", signal.Signals(info.si_signo).name)
+
+    @property
+    def requested(self) -> bool:
+        if not self._requested and signal.sigpending() & self.SIGNALS:
+            self._take(0)
+        return self._requested
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until a stop signal arrives."""
+        self._take(seconds)
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        while signal.sigpending() & self.SIGNALS:  # taken now, never delivered after we restore the mask
+            self._take(0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
 
 def _done_studies(log_path: str) -> set:
@@ -173,31 +190,31 @@ def serve(app_script: str, model: str, output_root: str, studies: Sequence[str] 
     names = [os.path.basename(os.path.normpath(s)) for s in studies]
     if len(set(names)) != len(names):
         raise ConfigError("two studies have the same folder name: their results would share an output folder")
-    started = time.perf_counter()
-    main = load_app(app_script)
-    import_s = time.perf_counter() - started
-    logger.info("serving %s with %s: app imported in %.2f s", os.path.basename(os.path.dirname(app_script)), model,
-                import_s)
-    os.makedirs(output_root, exist_ok=True)
-    log_path = os.path.join(output_root, LOG_NAME)
-    done = _done_studies(log_path)
-    queue = [os.path.abspath(s) for s in studies]
-    watcher = _Watch(os.path.abspath(watch), settle) if watch is not None else None
-    results: List[StudyResult] = []
-    last_activity = time.monotonic()
     ours = logging.getLogger("monai_prune")
     # the SDK installs a root handler when the first app starts: with ours on the package logger, every line of
     # ours would print twice from the second study on
     propagate, ours.propagate = ours.propagate, not any(not isinstance(h, logging.NullHandler) for h in ours.handlers)
     try:
-        with _Stop() as stop:
+        with _Stop() as stop:  # before the import: the threads it starts inherit the blocked signals
+            started = time.perf_counter()
+            main = load_app(app_script)
+            import_s = time.perf_counter() - started
+            logger.info("serving %s with %s: app imported in %.2f s", os.path.basename(os.path.dirname(app_script)),
+                        model, import_s)
+            os.makedirs(output_root, exist_ok=True)
+            log_path = os.path.join(output_root, LOG_NAME)
+            done = _done_studies(log_path)
+            queue = [os.path.abspath(s) for s in studies]
+            watcher = _Watch(os.path.abspath(watch), settle) if watch is not None else None
+            results: List[StudyResult] = []
+            last_activity = time.monotonic()
             while not stop.requested and (max_studies is None or len(results) < max_studies):
                 if not queue and watcher is not None:
                     queue = [p for p in watcher.ready(done) if p not in done]
                     if not queue:
                         if idle_exit is not None and time.monotonic() - last_activity > idle_exit:
                             break
-                        time.sleep(poll)
+                        stop.wait(poll)
                         continue
                 if not queue:
                     break
