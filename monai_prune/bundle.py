@@ -101,7 +101,7 @@ def _get(config: Dict[str, Any], key: str) -> Tuple[bool, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
-def _refuse_nested(src: str, out: str) -> None:
+def refuse_nested(src: str, out: str) -> None:
     """``out`` may be neither the source bundle nor inside it (the work folder beside ``out`` would be copied into
     itself without end), and must not contain it."""
     real_src, real_out = (os.path.normcase(os.path.realpath(p)) for p in (src, out))
@@ -192,7 +192,7 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
     """Everything that can be wrong before any work starts, as one clear error."""
     if not os.path.isdir(src):
         raise InputError(f"source bundle {src} is not a folder")
-    _refuse_nested(src, out)
+    refuse_nested(src, out)
     meta_path = os.path.join(src, "configs", "metadata.json")
     if not os.path.isfile(meta_path):
         raise InputError(f"{src} has no configs/metadata.json: not a MONAI bundle")

@@ -174,7 +174,7 @@ def rewrite_configs(bundle: str, dense_def: Optional[Dict[str, Any]], overrides:
                 notes.append(f"--set values carried: {sorted(carried)}")
             knobs = {k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("inference#")}
             for key, value in knobs.items():
-                _set_id(config, key, value)
+                set_id(config, key, value)
             if knobs:
                 notes.append(f"inference-only --set values: {sorted(knobs)}")
         if notes and any(not n.startswith("network_def kept") for n in notes):
@@ -184,7 +184,7 @@ def rewrite_configs(bundle: str, dense_def: Optional[Dict[str, Any]], overrides:
     return done
 
 
-def _set_id(config: Dict[str, Any], key: str, value: Any) -> None:
+def set_id(config: Dict[str, Any], key: str, value: Any) -> None:
     """``config[a][b]... = value`` for the bundle id ``a#b#...`` (list items by index); the id must exist."""
     *parents, last = key.split("#")
     node: Any = config

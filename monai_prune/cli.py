@@ -344,8 +344,11 @@ def _cmd_serve(args) -> int:
 
 def _cmd_tune_pipeline(args) -> int:
     from .deploy.pipeline_knobs import tune_pipeline
+    from .deploy.tuned_bundle import check_target, write_tuned_bundle
     from .utils import atomic_write_text
 
+    if args.write_bundle:
+        check_target(args.bundle, args.write_bundle)
     result = tune_pipeline(args.bundle, args.images, dense=args.dense, backend=args.backend,
                            precision=args.precision, overlaps=args.overlap, sw_batch_sizes=args.sw_batch_size,
                            roi_sizes=args.roi, pixdims=args.pixdim, max_delta=args.max_delta, repeats=args.repeats)
@@ -353,6 +356,9 @@ def _cmd_tune_pipeline(args) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
         print(f"wrote {args.json}")
+    if args.write_bundle:
+        print(f"wrote {write_tuned_bundle(result, args.write_bundle)} (its inference config runs the shipped "
+              "setting; configs/metadata.json compression.pipeline_knobs says what it saved and cost)")
     return 0
 
 
@@ -565,6 +571,10 @@ def make_parser() -> argparse.ArgumentParser:
                       help="largest per-class Dice drop against the baseline (default 0.01)")
     tune.add_argument("--repeats", type=int, default=1, help="timed runs per image and setting (median; default 1)")
     tune.add_argument("--json", help="also write the rows to this JSON file")
+    tune.add_argument("--write-bundle", dest="write_bundle", metavar="OUT",
+                      help="write a copy of the bundle whose inference config (and model.ts) runs the passing "
+                           "setting that saves most (the combined row when it passed), with the measurements in its "
+                           "metadata and fidelity card; the source bundle is never changed")
     tune.set_defaults(func=_cmd_tune_pipeline)
 
     package = sub.add_parser("package", help="write a MAP-ready folder for a deploy app (+ a Triton model repository)")

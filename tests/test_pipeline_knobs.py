@@ -252,3 +252,73 @@ def test_values_and_dice_helpers():
     empty = torch.zeros(4, dtype=torch.bool)
     assert dice(empty, empty) == 1.0  # both agree the class is absent
     assert dice(torch.tensor([1, 1, 0, 0]).bool(), torch.tensor([1, 0, 0, 0]).bool()) == pytest.approx(2 / 3)
+
+
+def _tree(root):
+    return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+            for d, _, files in os.walk(root) for n in files}
+
+
+def test_write_bundle_ships_the_measured_setting_and_the_copy_runs_it(tiny, measured, tmp_path, capsys):
+    """``--write-bundle``: a copy whose inference.json (and model.ts's embedded copy) runs the chosen setting, whose
+    sha256 records pass deploy's checks, and whose metadata and card say what the setting saved and cost; the source
+    is byte-identical; a second write, an --out inside the source, or a setting that failed writes nothing."""
+    from monai_prune.deploy.models import select_model
+    from monai_prune.deploy.tuned_bundle import chosen_setting, write_tuned_bundle
+    from monai_prune.export import read_torchscript_extra_files
+    from monai_prune.fidelity import FidelityCard
+
+    bundle, images, _ = tiny
+    before = _tree(bundle)
+    row = chosen_setting(measured)
+    assert row["knob"] == "combined" and row["passed"]  # the combined row passed (measured's max_delta is loose)
+    out = str(tmp_path / "tuned")
+    card = FidelityCard(title="tiny", task="segmentation",
+                        per_class={"organ": {"dice": {"before": 0.9, "after": 0.9, "delta": 0.0}}})
+    os.makedirs(os.path.join(bundle, "docs"), exist_ok=True)
+    card.to_json(os.path.join(bundle, "docs", "fidelity_card.json"))
+    before = _tree(bundle)
+    assert write_tuned_bundle(measured, out) == out
+    assert _tree(bundle) == before
+
+    with open(os.path.join(out, "configs", "inference.json")) as f:
+        shipped = json.load(f)
+    for key, value in row["overrides"].items():
+        node = shipped
+        for part in key.split("#"):
+            node = node[part]
+        assert node == value, key
+    embedded = json.loads(read_torchscript_extra_files(os.path.join(out, "models", "model.ts"),
+                                                       ["inference.json"])["inference.json"])
+    assert embedded == shipped  # the SDK's stock operator reads this copy
+    select_model(out, "torchscript", "fp32")  # every model and config sha256 checks out on the copy
+    with open(os.path.join(out, "configs", "metadata.json")) as f:
+        metadata = json.load(f)
+    knobs = metadata["compression"]["pipeline_knobs"]
+    assert knobs["overrides"] == row["overrides"] and knobs["saving_pct"] == pytest.approx(row["saving_pct"])
+    assert knobs["delta_dice"] == row["delta_dice"] and knobs["max_delta"] == 0.5
+    note = next(iter(metadata["changelog"].values()))
+    assert note.startswith("Pipeline setting shipped by monai-prune tune-pipeline: ") and "% fewer seconds" in note
+    shipped_card = FidelityCard.load(os.path.join(out, "docs", "fidelity_card.json"))
+    assert shipped_card.notes[-1] == note and note in open(os.path.join(out, "docs", "fidelity_card.md")).read()
+    # the shipped bundle measured again: its own setting is now the tuned one (a roi of 32 is the whole image)
+    again = tune_pipeline(out, images[:1], overlaps=[0.5], sw_batch_sizes=[4], roi_sizes=["16,16,16"],
+                          pixdims=[[1.5, 1.5, 1.5]], max_delta=0.5, warmup=0)
+    shipped_knobs = {knob: again["baseline"][knob] for knob, key in again["knob_ids"].items()
+                     if key in row["overrides"]}
+    assert shipped_knobs == {knob: row["value"][knob] for knob in row["value"]}, (shipped_knobs, row["value"])
+
+    with pytest.raises(ConfigError, match="exists"):
+        write_tuned_bundle(measured, out)
+    with pytest.raises(ConfigError, match="lies inside the source bundle"):
+        write_tuned_bundle(measured, os.path.join(bundle, "tuned"))
+    failed = dict(row, passed=False)
+    with pytest.raises(ConfigError, match="did not pass the guardrail"):
+        write_tuned_bundle(measured, str(tmp_path / "never"), failed)
+    strict = dict(measured, rows=[dict(r, passed=r["knob"] == "baseline") for r in measured["rows"]])
+    with pytest.raises(ConfigError, match="nothing to ship"):
+        write_tuned_bundle(strict, str(tmp_path / "never"))
+    assert not os.path.exists(tmp_path / "never") and _tree(bundle) == before
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []  # no work folder left behind
+    assert main(["tune-pipeline", bundle, "--images", images[0], "--overlap", "0.25", "--write-bundle", out]) == 2
+    assert "exists" in capsys.readouterr().err  # refused before anything is measured
