@@ -122,7 +122,10 @@ VARIANTS = (
     Variant("compressed-openvino-int8", "compressed", "openvino", "int8", "compressed"),
     Variant("resident-openvino", "compressed", "openvino", "fp32", "compressed", resident=True),
     Variant("resident-openvino-int8", "compressed", "openvino", "int8", "compressed", resident=True),
+    # the compressed bundle with the pipeline setting tune-pipeline measured and shipped (--write-bundle)
+    Variant("resident-openvino-int8-tuned", "tuned", "openvino", "int8", "compressed", resident=True),
 )
+TUNING_SERIES = (256, 70, 11)  # rows/columns, slices, seed: another (smaller) series of the same kind
 
 
 def parse_args() -> argparse.Namespace:
@@ -144,6 +147,9 @@ def parse_args() -> argparse.Namespace:
                         help="only these compressed variants (dense always runs: it is the reference)")
     parser.add_argument("--work", default=None, help="work folder, kept (default: a temporary folder, removed)")
     parser.add_argument("--json", default=None, help="write the result as JSON here, and a Markdown file beside it")
+    parser.add_argument("--tune-roi", nargs="+", default=["64,64,64", "96,96,96"], metavar="X,Y,Z",
+                        help="sliding-window sizes tune-pipeline measures for the tuned variant, on a separate tuning "
+                             "series against the dense model (default 64,64,64 96,96,96)")
     parser.add_argument("--no-card", action="store_true",
                         help="do not write the end-to-end ratios into the benchmarked compressed bundle's fidelity "
                              "card (docs/fidelity_card.json and .md; the bundle is the one this run prepared)")
@@ -258,6 +264,40 @@ def prepare_models(args, work: str, int8: bool) -> Dict[str, Any]:
         logger.info("preparing: %s took %.0f s", name, seconds[name])
     atomic_write_text(record_path, json.dumps({"settings": settings, "seconds": seconds}, indent=1))
     return {**paths, "seconds": seconds, "reused": False}
+
+
+def prepare_tuned(args, work: str, models: Dict[str, Any]) -> Optional[str]:
+    """``monai-prune tune-pipeline --write-bundle``: the compressed bundle's sliding-window size measured on a
+    separate tuning series against the dense model (per-class ΔDice <= 0.01) and shipped as ``work/tuned``; None
+    (the tuned variant is skipped, and the reason logged) when no setting kept the guardrail and saved time."""
+    tuned, record_path = os.path.join(work, "tuned"), os.path.join(work, "tuned.json")
+    settings = {"tune_roi": args.tune_roi, "series": TUNING_SERIES, "compressed_seconds": models["seconds"]}
+    if os.path.isfile(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        if record.get("settings") == settings and (record.get("tuned") is None or os.path.isdir(tuned)):
+            logger.info("reusing the tuned bundle of an earlier run: %s", record.get("tuned") or record["why"])
+            return record.get("tuned")
+    shutil.rmtree(tuned, ignore_errors=True)
+    size, slices, seed = TUNING_SERIES
+    series = os.path.join(work, "tuning_series")
+    ct_series(size, slices, series, seed=seed)
+    cmd = [*monai_prune_cli(), "tune-pipeline", models["compressed"], "--images", series, "--dense",
+           models["dense"], "--backend", "openvino", "--precision", "int8", "--roi", *args.tune_roi,
+           "--max-delta", "0.01", "--json", os.path.join(work, "tune_pipeline.json"), "--write-bundle", tuned]
+    logger.info("preparing: tune-pipeline on a %dx%dx%d tuning series", size, size, slices)
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs, exist_ok=True)
+    with open(os.path.join(logs, "prepare_tune.out"), "wb") as out, open(os.path.join(logs, "prepare_tune.err"),
+                                                                         "wb") as err:
+        code = subprocess.call(cmd, stdout=out, stderr=err, cwd=logs)
+    why = None
+    if code != 0:
+        why = _tail(os.path.join(logs, "prepare_tune.err"), 1).strip()
+        logger.warning("no tuned variant: %s", why)
+    atomic_write_text(record_path, json.dumps({"settings": settings, "tuned": None if code else tuned, "why": why},
+                                              indent=1))
+    return None if code else tuned
 
 
 def ct_series(size: int, slices: int, folder: str, seed: int = 7) -> np.ndarray:
@@ -512,7 +552,7 @@ def card_pipeline(rows: Sequence[Dict[str, Any]], what: str, max_delta: float = 
         ("load", "DICOM load"), ("preprocessing", "preprocessing"), ("network", "network (sliding window)"),
         ("postprocessing", "postprocessing (inversion to the input grid)"), ("seg_write", "DICOM SEG writing"),
         ("app_other", "rest of the app (model load, graph set-up)"))})
-    return {"what": f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, "
+    return {"variant": best["variant"], "what": f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, "
                     f"{best['postprocessing'].split(' on ')[0]} postprocessing), Dice vs label {best['dice_vs_label']:.4f}"
                     f" vs dense {dense['dice_vs_label']:.4f}, Dice vs the dense SEG {best['dice_vs_dense']:.4f}",
             "end_to_end": {"before": dense["wall_s"], "after": best["wall_s"]},
@@ -531,6 +571,20 @@ def write_card_pipeline(bundle: str, pipeline: Optional[Dict[str, Any]]) -> Opti
     card.to_json(path)
     atomic_write_text(os.path.join(bundle, "docs", "fidelity_card.md"), card.to_markdown())
     return path
+
+
+def tuned_line(tuned: Optional[str], record: str) -> str:
+    """What the tuned variant's bundle ships (its metadata's changelog note), or why there is none."""
+    if tuned is None:
+        why = None
+        if os.path.isfile(record):
+            with open(record) as f:
+                why = json.load(f).get("why")
+        return f"Tuned variant: none ({why or 'not asked for'})."
+    with open(os.path.join(tuned, "configs", "metadata.json")) as f:
+        metadata = json.load(f)
+    return "Tuned variant (`monai-prune tune-pipeline --write-bundle`, on a separate tuning series): " + next(
+        iter(metadata["changelog"].values()))
 
 
 def machine() -> Dict[str, Any]:
@@ -563,6 +617,10 @@ def main() -> None:
     # the int8 model is made whenever it can be, so that --variants does not change (and redo) the preparation
     int8 = "openvino" in available_backends() and importlib.util.find_spec("nncf") is not None
     models = prepare_models(args, work, int8=int8)
+    if any(v.model == "tuned" for v in variants):
+        models["tuned"] = prepare_tuned(args, work, models)
+        if models["tuned"] is None:
+            variants = [v for v in variants if v.model != "tuned"]
     series = os.path.join(work, "series")
     label = ct_series(args.size, args.slices, series)
     logger.info("wrote a %dx%dx%d CT series (%.2f%% labelled voxels) to %s", args.size, args.size, args.slices,
@@ -599,6 +657,7 @@ def main() -> None:
         "Baseline dense-stock: the dense model (TorchScript from `monai.bundle ckpt_export`) through the SDK's own "
         "MonaiBundleInferenceOperator, as a MONAI Deploy user runs a zoo bundle today.",
         compression_line(models["compressed"]),
+        tuned_line(models.get("tuned"), os.path.join(work, "tuned.json")),
         "Dice vs dense SEG: the variant's SEG against the dense-stock run's SEG (foreground; the guardrail is a "
         "Dice drop of at most 0.01 against the dense model's own output); Dice vs label: against the series' label "
         f"volume ({100 * float(label.mean()):.2f}% of the voxels are labelled).",
@@ -611,7 +670,9 @@ def main() -> None:
         what = (f"DICOM CT {args.size}x{args.size}x{args.slices} to DICOM SEG with apps/ct_seg_compressed, "
                 f"benchmarks/deploy_e2e.py on {host['cpus']} CPUs ({args.rounds} rounds, medians); before = the "
                 "dense TorchScript model through the SDK's stock operator")
-        card = write_card_pipeline(models["compressed"], card_pipeline(rows, what))
+        pipeline = card_pipeline(rows, what)
+        model = next((v.model for v in variants if pipeline and v.name == pipeline["variant"]), "compressed")
+        card = write_card_pipeline(models[model], pipeline)
         notes.append(f"End-to-end and per-stage ratios written into the fidelity card {card}." if card else
                      "No variant kept Dice vs label within 0.01 of dense: the fidelity card was left as it was.")
     text = f"## {title}\n\n{table(rows)}\n\n" + "\n\n".join(notes) + "\n"

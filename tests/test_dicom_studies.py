@@ -103,3 +103,43 @@ def test_real_scanner_exports_shipped_with_pydicom():
         check_dicom_input(root / "98892003", modality="MR", min_slices=1)
     with pytest.raises(InputError, match="holds images of 2 different patients"):
         check_dicom_input(root, min_slices=1)
+
+
+def test_what_was_passed_over_is_said_with_its_study_and_a_tie_is_a_warning(tmp_path, caplog):
+    """Found on real scanner exports (rordenlab's dcm_qa_ct Philips disc: two studies, two 140-slice series): the run
+    summary names every eligible series it did not take, with the study it belongs to when there are several, and
+    a tie in size is a warning that says how to choose."""
+    write_ct_series(HU, tmp_path / "study1", series_description="Abdomen 2.0", seed=1)
+    write_ct_series(HU[:, :, :12], tmp_path / "study2", series_description="Abdomen follow-up", seed=2)
+    passed = check_dicom_input(tmp_path)["skipped_series"]
+    assert len(passed) == 1 and passed[0].startswith("'Abdomen follow-up' (series 1) of the study ")
+    assert passed[0].endswith("passed over, 12 images (the chosen series has 20)")
+
+    tie = tmp_path / "tie"
+    study = study_uid_of(tmp_path / "study1")
+    write_ct_series(HU, tie / "a", series_description="Soft tissue", study_uid=study, series_number=2, seed=3)
+    write_ct_series(HU, tie / "b", series_description="Bone", study_uid=study, series_number=3, seed=4)
+    with caplog.at_level("WARNING", logger="monai_prune"):
+        summary = check_dicom_input(tie)
+    other = "'Bone' (series 3)" if summary["series_description"] == "Soft tissue" else "'Soft tissue' (series 2)"
+    assert summary["skipped_series"] == [
+        f"{other}: passed over, as large as the chosen '{summary['series_description']}' (series "
+        f"{summary['series_number']}) (20 images each); the first found was taken: choose with --series-description "
+        "or --series-uid"]
+    assert summary["skipped_series"][0] in caplog.text
+
+
+def test_a_series_in_blocks_of_different_spacing_is_refused_saying_so(tmp_path):
+    """A real GE head CT (dcm_qa_ct) is one series of 4 mm slices then 7 mm slices: one volume cannot stack it."""
+    write_ct_series(HU[:, :, :6], tmp_path, spacing=(1.0, 1.0, 4.0), series_description="head", seed=5)
+    first = [pydicom.dcmread(p) for p in sorted(tmp_path.glob("*.dcm"))]
+    last = max(float(ds.ImagePositionPatient[2]) for ds in first)
+    for i, path in enumerate(sorted(tmp_path.glob("*.dcm"))[:4]):  # four more slices, 7 mm apart, same series
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], last + 7.0 * (i + 1)]
+        ds.InstanceNumber = 100 + i
+        ds.save_as(tmp_path / f"block2_{i}.dcm")
+    with pytest.raises(InputError, match=r"inconsistent slice spacing .* from 4 to 7 mm .* blocks of different "
+                                         r"spacing .* each block as a series of its own"):
+        check_dicom_input(tmp_path)

@@ -626,7 +626,8 @@ def to_markdown(result: Dict[str, Any]) -> str:
             markdown_table(["knob", "value", "seconds", "saving vs baseline", "worst class ΔDice",
                             "Dice vs reference", "pass"], rows)]
     lines = result.get("lines") or ship_lines(result)
-    text += ["", "Ship a passing setting: compress the source bundle again with `monai-prune compress-bundle SRC "
-             "...` and these values:", ""]
+    text += ["", "Ship a passing setting: `monai-prune tune-pipeline ... --write-bundle OUT` writes a copy of this "
+             "bundle that runs the one saving most (same weights, measurements recorded), or compress the source "
+             "bundle again with `monai-prune compress-bundle SRC ...` and these values:", ""]
     text += [f"- {line}" for line in lines] if lines else ["- no setting other than the baseline passed"]
     return "\n".join(text)

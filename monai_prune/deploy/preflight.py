@@ -102,12 +102,12 @@ def _sop_class_name(ds: Dataset) -> str:
 def _read_image(path: Path, folder: Path) -> Optional[Dataset]:
     """A checked DICOM image; None (logged) for non-DICOM files and DICOM objects without pixels; else InputError."""
     if not is_dicom(path):
-        logger.warning("skipped %s in %s: not a DICOM file", path.name, folder)
+        logger.warning("skipped %s in %s: not a DICOM file", path.relative_to(folder), folder)
         return None
     try:
         ds = pydicom.dcmread(path)
         if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-            logger.info("skipped %s in %s: a DICOMDIR", path.name, folder)
+            logger.info("skipped %s in %s: a DICOMDIR", path.relative_to(folder), folder)
             return None
         problem = _damage(path, ds)
     except Exception as err:
@@ -116,7 +116,8 @@ def _read_image(path: Path, folder: Path) -> Optional[Dataset]:
         raise InputError(f"DICOM file {path.name} in {folder} is truncated or corrupt: {problem}. "
                          "Re-export the series or remove the file.")
     if "PixelData" not in ds:
-        logger.info("skipped %s in %s: a DICOM object without pixel data (%s)", path.name, folder, _sop_class_name(ds))
+        logger.info("skipped %s in %s: a DICOM object without pixel data (%s)", path.relative_to(folder), folder,
+                    _sop_class_name(ds))
         return None
     return ds
 
@@ -149,8 +150,10 @@ def _slice_spacing(series: List[Dataset], folder: Path, description: str) -> flo
                          "same position as another; remove duplicate files.")
     if steps.max() - steps.min() > tolerance:
         raise InputError(f"Series {description} in {folder} has inconsistent slice spacing along the slice normal: "
-                         f"from {steps.min():.4g} to {steps.max():.4g} mm (tolerance {tolerance:.2g} mm); slices "
-                         "are missing or misplaced, re-export the complete series.")
+                         f"from {steps.min():.4g} to {steps.max():.4g} mm (tolerance {tolerance:.2g} mm): slices are "
+                         "missing or misplaced, or the series holds blocks of different spacing (e.g. 4 mm, then "
+                         "7 mm), and one volume needs one slice step. Re-export the complete series, or each block "
+                         "as a series of its own.")
     return median
 
 
@@ -274,9 +277,18 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
     if len(patients) > 1:
         raise InputError(f"The input {folder} holds images of {len(patients)} different patients; one run segments "
                          "one patient's study: give each patient's files in a folder of their own.")
+    studies = {str(items[0].get("StudyInstanceUID", "")) for items in series.values()}
+
+    def describe(items: List[Dataset]) -> str:  # with several studies, which one a series belongs to
+        if len(studies) < 2:
+            return _describe(items)
+        first = items[0]
+        study = " ".join(str(first.get(k, "") or "").strip() for k in ("StudyDate", "StudyDescription")).strip()
+        return f"{_describe(items)} of the study {redact_uids(study) or 'without date or description'!r}"
+
     reasons = {uid: _why_skipped(items, wanted) for uid, items in series.items()}
     candidates = {uid: items for uid, items in series.items() if reasons[uid] is None}
-    skipped_series = [f"{_describe(series[uid])}: {why}" for uid, why in reasons.items() if why]
+    skipped_series = [f"{describe(series[uid])}: {why}" for uid, why in reasons.items() if why]
     if not candidates:
         label = "/".join(sorted(wanted))
         found = "; ".join(f"{items[0].get('Modality', '?')} {_describe(items)} ({len(items)} images, "
@@ -290,7 +302,7 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
         first = chosen[0]
         chosen_modality = str(first.Modality).upper()
         projection = chosen_modality in PROJECTION_MODALITIES
-        description = _describe(chosen)
+        description = describe(chosen)
         try:
             slice_spacing = _validate(chosen, folder, description, projection,
                                       min_slices if min_slices is not None else (1 if projection else 2))
@@ -301,6 +313,17 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
             skipped_series.append(f"{description}: {err}")
             logger.warning("passed over series %s: %s", description, err)
             continue
+        failed = {u for u, items in ranked if any(f.startswith(describe(items) + ":") for f in failures)}
+        for other, items in ranked:
+            if other == uid or other in failed:
+                continue
+            if len(items) == len(chosen):
+                note = (f"{describe(items)}: passed over, as large as the chosen {description} ({len(items)} images "
+                        "each); the first found was taken: choose with --series-description or --series-uid")
+                logger.warning("%s", note)
+            else:
+                note = f"{describe(items)}: passed over, {len(items)} images (the chosen series has {len(chosen)})"
+            skipped_series.append(note)
         for note in skipped_series:
             logger.info("skipped series %s", note)
         pixel = first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or [1.0, 1.0]
