@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -46,8 +45,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ._io import config_digests, sha256  # noqa: F401 (public names of this module)
 from .bundle_configs import (check_schedule, drop_model_downloads, instantiate, recorded_overrides, rewrite_configs,
                              versions_used, write_int8_config)
+from .deploy.models import verify_model_files  # noqa: F401 (a public name of this module)
 from .errors import ConfigError, GuardrailError, InputError
 from .fidelity import (FidelityCard, check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails,
                        worst_cases)
@@ -241,37 +242,6 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def config_digests(bundle: str) -> Dict[str, str]:
-    """The sha256 of every file in ``bundle/configs/`` but ``metadata.json`` (which records them), by file name."""
-    configs = os.path.join(bundle, "configs")
-    return {name: sha256(os.path.join(configs, name)) for name in sorted(os.listdir(configs))
-            if name != "metadata.json" and os.path.isfile(os.path.join(configs, name))}
-
-
-def verify_model_files(bundle: str) -> Dict[str, str]:
-    """Check every model file listed in ``configs/metadata.json`` ``model_files`` against its sha256."""
-    metadata = _load(os.path.join(bundle, "configs", "metadata.json"))
-    listed = metadata.get("model_files", {})
-    if not listed:
-        raise InputError(f"{bundle}/configs/metadata.json lists no model_files with sha256")
-    for name, digest in listed.items():
-        path = os.path.join(bundle, "models", name)
-        if not os.path.isfile(path):
-            raise InputError(f"model file {name} listed in metadata.json is missing")
-        if sha256(path) != digest:
-            raise InputError(f"model file {name} does not match its sha256 in metadata.json: it was modified or "
-                             "corrupted; refusing to load it")
-    return listed
-
-
 def _bump(version: str) -> str:
     parts = [int(p) if p.isdigit() else 0 for p in str(version).split(".")[:3]] + [0, 0, 0]
     return f"{parts[0]}.{parts[1] + 1}.0"

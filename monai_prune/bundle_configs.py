@@ -306,8 +306,7 @@ class RuntimeNetwork(nn.Module):
 
     def __init__(self, bundle_root: str, precision: str = "int8", backend: str = "auto") -> None:
         super().__init__()
-        from .bundle import verify_model_files
-        from .deploy.models import select_model
+        from .deploy.models import select_model, verify_model_files
         from .runtime import Predictor
 
         root = os.path.abspath(bundle_root)

@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from ._io import json_safe
+from ._markdown import markdown_table
 from .errors import InputError, MonaiPruneError
 # the measuring half lives in fidelity_metrics; its public names are this module's too
 from .fidelity_metrics import (BACKGROUND_NAMES, LABEL_MODES, PerClassMetrics, class_names,  # noqa: F401
@@ -53,17 +55,6 @@ def compare_per_class(before: Mapping[str, Any], after: Mapping[str, Any]) -> Di
             table.setdefault(name, {})[metric] = {"before": b, "after": a,
                                                   "delta": None if a is None or b is None else a - b}
     return table
-
-
-def json_safe(x: Any) -> Any:
-    """nan/inf -> None, recursively (JSON has no NaN; ``metadata.json`` must stay strict JSON)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    return x
 
 
 # ---------------------------------------------------------------------------------------------------- guardrails
@@ -582,8 +573,6 @@ class FidelityCard:
         every metric measured, whole-model metrics, cost (parameters, MACs, size, latency with ratios), backend
         agreement, worst cases, each guardrail held or broken, and the notes. ``heading_level`` sets the section
         headings (``3`` to embed the card under a ``##`` section)."""
-        from .report import markdown_table
-
         h = "#" * heading_level
         lines = [f"**{self.headline()}**", "",
                  f"{self.title}: {self.task}"

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
+from ._markdown import markdown_table
 from ._plotting import line_handle, new_figure, save_png
 from .utils import atomic_write_text
-
-
-def markdown_table(header: Sequence[str], rows: List[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def plot_accuracy_vs_latency(results: Dict[str, Any], path: str) -> str:
@@ -406,8 +400,6 @@ def write_search_report(run_dir: str) -> Dict[str, str]:
 
 
 def _search_markdown(summary: Dict[str, Any], run_dir: str, written: Dict[str, str]) -> str:
-    from .search import candidates_table
-
     chosen, rows = summary["chosen"], summary["candidates"]
     guard = ", ".join(f"{k} {v}" for k, v in summary["guardrails"].items())
     lines = ["# Compression search report", ""]
@@ -433,3 +425,39 @@ def _search_markdown(summary: Dict[str, Any], run_dir: str, written: Dict[str, s
         with open(card, encoding="utf-8") as f:
             lines += ["## Fidelity card of the chosen model", "", f.read()]
     return "\n".join(lines) + "\n"
+
+
+def candidates_table(dense: Mapping[str, Any], rows: List[Dict[str, Any]], chosen: Optional[Mapping[str, Any]]) -> str:
+    """Every candidate, best speed-up first: ratio, layers, precision, backend, per-class metric and Δ, speed-up,
+    MACs and size vs dense, guardrails."""
+    if not rows:
+        return "(no candidates)"
+    metric = rows[0]["metric"]
+    classes = list(rows[0]["delta"])
+    header = (["candidate", "ratio", "layers", "precision", "backend"]
+              + [f"{metric} {c} (Δ)" for c in classes] + ["latency s", "speed-up", "same backend", "MACs", "size", "guardrails"])
+    table = []
+    dense_values = {c: dense["measured"]["per_class"][c].get(metric) for c in classes}
+    for row in sorted(rows, key=lambda r: -r["speedup"]):
+        cells = [("**" + row["key"] + "** (chosen)") if chosen and row["key"] == chosen["key"] else row["key"],
+                 f"{row['ratio']:.3f}", row["mode"], row["precision"], row["backend"]]
+        for c in classes:
+            value = row["measured"]["per_class"][c].get(metric)
+            delta = row["delta"].get(c)
+            cells.append("n/a" if value is None else f"{value:.4f} ({delta:+.4f})" if delta is not None
+                         else f"{value:.4f}")
+        same = row.get("speedup_same_backend")
+        confirmed = row.get("latency_confirmed")
+        cells += [f"{row['latency_s']:.3f}", f"{row['speedup']:.2f}x" + (" (paired)" if confirmed else ""),
+                  "n/a" if same is None else f"{same:.2f}x",
+                  f"{row['macs_ratio']:.3f}",
+                  f"{row['size_ratio']:.3f}", "held" if row["passes"] else "BROKEN: " + "; ".join(row["broken"])]
+        table.append(cells)
+    dense_row = (["dense", "0", "-", "fp32", "torch"] + [f"{dense_values[c]:.4f}" if dense_values[c] is not None
+                                                         else "n/a" for c in classes]
+                 + [f"{dense['latency_s'].get('torch', min(dense['latency_s'].values())):.3f}", "1.00x", "1.00x", "1.000",
+                    "1.000", "reference"])
+    return (markdown_table(header, [dense_row] + table)
+            + "\n\nlatency s: the screening timing of the candidate's workload on its backend; speed-up: dense (torch) "
+              "/ candidate, \"(paired)\" for the finalists: median over rounds of dense / candidate timed back to back; "
+              "same backend: dense / candidate on the candidate's backend (screening); MACs, size: candidate / dense.")

@@ -42,7 +42,7 @@ from .fidelity import (FidelityCard, agreement_note, check_guardrails, compare_p
 from .measure import count_macs, count_params, file_size, state_dict_bytes
 from .pruning import PruningPlan, apply_plan, prune_channels
 from .pruning.plan import architecture_signature
-from .report import markdown_table
+from .report import candidates_table  # noqa: F401 (a public name of this module)
 from .sensitivity import weights_digest
 from .utils import atomic_path, atomic_write_text
 
@@ -852,39 +852,3 @@ def _save_examples(examples: Mapping[str, Optional[str]], path: str) -> str:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
     return path
-
-
-def candidates_table(dense: Mapping[str, Any], rows: List[Dict[str, Any]], chosen: Optional[Mapping[str, Any]]) -> str:
-    """Every candidate, best speed-up first: ratio, layers, precision, backend, per-class metric and Δ, speed-up,
-    MACs and size vs dense, guardrails."""
-    if not rows:
-        return "(no candidates)"
-    metric = rows[0]["metric"]
-    classes = list(rows[0]["delta"])
-    header = (["candidate", "ratio", "layers", "precision", "backend"]
-              + [f"{metric} {c} (Δ)" for c in classes] + ["latency s", "speed-up", "same backend", "MACs", "size", "guardrails"])
-    table = []
-    dense_values = {c: dense["measured"]["per_class"][c].get(metric) for c in classes}
-    for row in sorted(rows, key=lambda r: -r["speedup"]):
-        cells = [("**" + row["key"] + "** (chosen)") if chosen and row["key"] == chosen["key"] else row["key"],
-                 f"{row['ratio']:.3f}", row["mode"], row["precision"], row["backend"]]
-        for c in classes:
-            value = row["measured"]["per_class"][c].get(metric)
-            delta = row["delta"].get(c)
-            cells.append("n/a" if value is None else f"{value:.4f} ({delta:+.4f})" if delta is not None
-                         else f"{value:.4f}")
-        same = row.get("speedup_same_backend")
-        confirmed = row.get("latency_confirmed")
-        cells += [f"{row['latency_s']:.3f}", f"{row['speedup']:.2f}x" + (" (paired)" if confirmed else ""),
-                  "n/a" if same is None else f"{same:.2f}x",
-                  f"{row['macs_ratio']:.3f}",
-                  f"{row['size_ratio']:.3f}", "held" if row["passes"] else "BROKEN: " + "; ".join(row["broken"])]
-        table.append(cells)
-    dense_row = (["dense", "0", "-", "fp32", "torch"] + [f"{dense_values[c]:.4f}" if dense_values[c] is not None
-                                                         else "n/a" for c in classes]
-                 + [f"{dense['latency_s'].get('torch', min(dense['latency_s'].values())):.3f}", "1.00x", "1.00x", "1.000",
-                    "1.000", "reference"])
-    return (markdown_table(header, [dense_row] + table)
-            + "\n\nlatency s: the screening timing of the candidate's workload on its backend; speed-up: dense (torch) "
-              "/ candidate, \"(paired)\" for the finalists: median over rounds of dense / candidate timed back to back; "
-              "same backend: dense / candidate on the candidate's backend (screening); MACs, size: candidate / dense.")

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._markdown import markdown_table
 from ._plotting import new_figure, save_png
 from .errors import ConfigError, InputError, PruningError
 from .layers import layer_out_dim
 from .pruning.channel import ChannelPruningConfig, prune_channels
 from .pruning.plan import architecture_signature, state_shapes
-from .report import markdown_table
 from .utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,12 @@ def _input_signature(example_input) -> Any:
     return type(example_input).__name__
 
 
-def _evaluate_id(evaluate: Evaluate) -> str:
+def evaluation_id(evaluate: Evaluate) -> str:
     target = evaluate if hasattr(evaluate, "__qualname__") else type(evaluate)
     return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
 
 
-class _Cache:
+class ResultCache:
     """A JSON file of ``{key: record}``; read once, rewritten atomically after every new record."""
 
     def __init__(self, path: Optional[str | os.PathLike]):
@@ -126,7 +126,7 @@ class _Cache:
             atomic_write_text(self.path, json.dumps({"format": CACHE_FORMAT, "entries": self.entries}))
 
 
-def _numeric_metrics(returned, who: str) -> Dict[str, float]:
+def numeric_metrics(returned, who: str) -> Dict[str, float]:
     """``evaluate``'s answer as ``{name: float}``; a bare number becomes ``{"metric": value}``."""
     if isinstance(returned, (numbers.Real, torch.Tensor)) and not isinstance(returned, bool):
         returned = {"metric": returned}
@@ -343,13 +343,13 @@ def sensitivity_analysis(
         raise ConfigError(f"ratio {max(ratios)} exceeds max_layer_ratio={base.max_layer_ratio} (torch-pruning would cap "
                           "it silently); raise config.max_layer_ratio or drop that ratio")
     ratios = sorted(set(ratios))
-    store = _Cache(cache)
+    store = ResultCache(cache)
     common = {"format": CACHE_FORMAT, "architecture": architecture_signature(model), "weights": weights_digest(model),
               "input": _input_signature(example_input),
               "config": {k: getattr(base, k) for k in ("importance", "round_to", "ignore", "seed", "max_layer_ratio")}}
-    evaluate_id = evaluate_id or _evaluate_id(evaluate)
+    evaluate_id = evaluate_id or evaluation_id(evaluate)
 
-    key = _Cache.key(kind="layers", **common)
+    key = ResultCache.key(kind="layers", **common)
     available = store.get(key)
     if available is None:
         available = prunable_layers(model, example_input, base)
@@ -365,9 +365,9 @@ def sensitivity_analysis(
     def measure(net: nn.Module, who: str) -> Dict[str, float]:
         calls[0] += 1
         with torch.no_grad():
-            return _numeric_metrics(evaluate(net.eval()), who)
+            return numeric_metrics(evaluate(net.eval()), who)
 
-    key = _Cache.key(kind="dense", evaluate=evaluate_id, **common)
+    key = ResultCache.key(kind="dense", evaluate=evaluate_id, **common)
     dense = store.get(key)
     if dense is None:
         dense = measure(copy.deepcopy(model), "dense")  # a copy: whatever evaluate does stays off the caller's model
@@ -380,7 +380,7 @@ def sensitivity_analysis(
         for layer in layers:
             for ratio in ratios:
                 bar.set_postfix_str(f"{layer} @{ratio:g}")
-                key = _Cache.key(kind="cell", evaluate=evaluate_id, layer=layer, ratio=ratio, **common)
+                key = ResultCache.key(kind="cell", evaluate=evaluate_id, layer=layer, ratio=ratio, **common)
                 row = store.get(key)
                 if row is None:
                     row = _measure_cell(model, example_input, layer, ratio, base, dense, measure, modules)

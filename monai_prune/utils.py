@@ -1,16 +1,15 @@
-"""Small shared helpers: atomic writes, library versions, logging set-up."""
+"""Small shared helpers: library versions, logging set-up (atomic writes live in :mod:`._io`; re-exported here)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, Sequence
+
+from ._io import atomic_path, atomic_write_text, current_umask, give_umask_mode  # noqa: F401 (public names)
 
 if TYPE_CHECKING:  # annotations only: the CLI's --help and `deploy run` must not import torch
     from torch import nn
@@ -24,55 +23,6 @@ def library_versions() -> Dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "", keep_name: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
-
-    Readers never see a half-written file, and a failed export leaves any previous file untouched. With
-    ``keep_name`` the temporary file has ``path``'s own name inside a temporary folder (TorchScript names its archive's
-    root folder after the file, and MONAI Deploy looks configs up under ``<stem>/extra/``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if keep_name:
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        tmp_path = folder / path.name
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-        os.close(fd)
-        tmp_path, folder = Path(tmp), None
-    try:
-        yield tmp_path
-        if tmp_path.exists():
-            give_umask_mode(tmp_path)  # mkstemp creates 0600; the file must read as if created with open()
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    finally:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_umask_mode(path: str | os.PathLike) -> None:
-    """Set the mode a file or folder would have had if created plainly under the user's umask (``tempfile`` makes
-    0600 files and 0700 folders, which a service account reading a bundle written by a build account cannot open)."""
-    base = 0o777 if os.path.isdir(path) else 0o666
-    os.chmod(path, base & ~current_umask())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> str:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return str(path)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

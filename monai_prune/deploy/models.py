@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
+from .._io import sha256
 from ..errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,24 @@ def _metadata(root: str) -> Dict[str, Any]:
 ALLOW_EDITED_CONFIGS = "--allow-edited-configs"
 
 
+def verify_model_files(bundle: str) -> Dict[str, str]:
+    """Check every model file listed in ``configs/metadata.json`` ``model_files`` against its sha256."""
+    try:
+        listed = _metadata(bundle).get("model_files", {})
+    except OSError as e:
+        raise InputError(f"cannot read {bundle}/configs/metadata.json: {e}") from e
+    if not listed:
+        raise InputError(f"{bundle}/configs/metadata.json lists no model_files with sha256")
+    for name, digest in listed.items():
+        path = os.path.join(bundle, "models", name)
+        if not os.path.isfile(path):
+            raise InputError(f"model file {name} listed in metadata.json is missing")
+        if sha256(path) != digest:
+            raise InputError(f"model file {name} does not match its sha256 in metadata.json: it was modified or "
+                             "corrupted; refusing to load it")
+    return listed
+
+
 def verify_config_files(root: str) -> Dict[str, str]:
     """Check every file in ``configs/`` against the sha256 recorded in ``configs/metadata.json`` (``config_files``)
     before any of them is parsed: MONAI evaluates a config's ``$`` expressions, so an edited config is code.
@@ -75,8 +94,6 @@ def verify_config_files(root: str) -> Dict[str, str]:
     ``metadata.json`` itself is read as plain JSON (never evaluated). Refuses a config that is missing, edited,
     or added after compression, and a bundle that records no config checksums.
     """
-    from ..bundle import sha256
-
     listed = _metadata(root).get("config_files")
     hint = f"to run edited configs on purpose, pass {ALLOW_EDITED_CONFIGS}"
     if not isinstance(listed, dict) or not listed:
@@ -143,8 +160,6 @@ def select_model(path: str, backend: str = "auto", precision: str = "auto", veri
         if not files:
             raise InputError(f"{root}/configs/metadata.json has no model_files checksums: refusing to load "
                              "unverified models (name its models/model.ts explicitly to run it unverified)")
-        from ..bundle import verify_model_files
-
         verify_model_files(root)
     if verify if verify_configs is None else verify_configs:
         verify_config_files(root)
@@ -162,9 +177,7 @@ def select_model(path: str, backend: str = "auto", precision: str = "auto", veri
             raise InputError(f"{root} has no models/{file} (needed for {chosen_backend} {chosen_precision})")
         digest = (files or {}).get(file)
         if digest is None:
-            from ..bundle import sha256
-
-            digest = sha256(full)
+                    digest = sha256(full)
         return ModelChoice(root, full, chosen_backend, chosen_precision, digest, name, version, reason)
 
     int8_file = int8.get("file")
@@ -198,8 +211,6 @@ def select_model(path: str, backend: str = "auto", precision: str = "auto", veri
 
 
 def _lone_file(path: str, backend: str, precision: str) -> ModelChoice:
-    from ..bundle import sha256
-
     if not os.path.isfile(path):
         raise InputError(f"{path} is neither a compressed bundle (configs/metadata.json) nor a model file")
     if not path.endswith(".ts"):

@@ -30,7 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..bundle import sha256, verify_model_files
+from .._io import sha256
+from .models import verify_model_files
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..utils import give_umask_mode
 from .models import verify_config_files

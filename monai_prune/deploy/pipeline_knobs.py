@@ -33,6 +33,7 @@ import statistics
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .._markdown import markdown_table
 from ..errors import ConfigError, InputError, MonaiPruneError
 from .dicom import dice  # per class: 1.0 when both label maps agree the class is absent
 
@@ -607,8 +608,6 @@ def _carry_note(row: Dict[str, Any]) -> str:
 
 
 def to_markdown(result: Dict[str, Any]) -> str:
-    from ..report import markdown_table
-
     rows = []
     for row in result["rows"]:
         value = _before_after(result, row)

@@ -27,12 +27,12 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..bundle import config_digests, refuse_nested, sha256, verify_model_files
+from .._io import atomic_path, atomic_write_text, config_digests, give_umask_mode, sha256
+from ..bundle import refuse_nested
 from ..bundle_configs import set_id
 from ..errors import ConfigError, InputError
 from ..fidelity import FidelityCard
-from ..utils import atomic_path, atomic_write_text, give_umask_mode
-from .models import verify_config_files
+from .models import verify_config_files, verify_model_files
 
 logger = logging.getLogger(__name__)
 

@@ -150,7 +150,7 @@ class QuantizedModel:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _onnx_layers(onnx_path: str) -> Dict[str, str]:
+def onnx_weighted_layers(onnx_path: str) -> Dict[str, str]:
     """Weighted ONNX nodes (Conv, ConvTranspose, MatMul, Gemm) -> the torch module they come from.
 
     The exporter keeps parameter names as initializer names (``model.0.conv.unit0.conv.weight``), so the module
@@ -186,7 +186,7 @@ def _scope_to_module(node: str) -> str:
     return ".".join(path) if path else node
 
 
-def _resolve_layers(names: Sequence[str], layers: Dict[str, str]) -> Dict[str, List[str]]:
+def resolve_layers(names: Sequence[str], layers: Dict[str, str]) -> Dict[str, List[str]]:
     """Map torch module names (a layer or a whole block, ``model.2``) or ONNX node names to ONNX nodes."""
     found = {}
     for name in names:
@@ -209,7 +209,7 @@ def _ort_int8_layers(int8_path: str, layers: Sequence[str]) -> List[str]:
     return [n.name for n in graph.node if n.name in set(layers) and len(n.input) > 1 and n.input[1] in dq_outputs]
 
 
-def _ov_int8_layers(ov_model, layers: Sequence[str]) -> List[str]:
+def ov_int8_layers(ov_model, layers: Sequence[str]) -> List[str]:
     """Layers of the quantized OpenVINO model whose weights are int8 (:func:`_ov_weights_int8`; OpenVINO names an
     ONNX ``Conv`` node ``<onnx name>/WithoutBiases``)."""
     quantized = {op.get_friendly_name() for op in ov_model.get_ordered_ops()
@@ -498,7 +498,7 @@ def _drop_fp32_activation_quantizers(model) -> None:
     model.validate_nodes_and_infer_types()
 
 
-def _run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: CalibrationSet, config: QuantizationConfig,
+def run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: CalibrationSet, config: QuantizationConfig,
                  layers: Sequence[str], exclude: Sequence[str], only: Optional[Sequence[str]] = None,
                  tag: str = "", calibration_cache: Optional[str] = None) -> str:
     name = f"model_int8{tag}"
@@ -510,15 +510,15 @@ def _run_backend(backend: str, fp32_onnx: str, out_dir: str, calibration: Calibr
     return _quantize_ov(fp32_onnx, os.path.join(out_dir, name + ".xml"), calibration, config, exclude, only, layers)
 
 
-def _int8_layers(backend: str, path: str, layers: Sequence[str]) -> List[str]:
+def int8_layer_names(backend: str, path: str, layers: Sequence[str]) -> List[str]:
     if backend == "onnxruntime":
         return _ort_int8_layers(path, layers)
     import openvino as ov
 
-    return _ov_int8_layers(ov.Core().read_model(path), layers)
+    return ov_int8_layers(ov.Core().read_model(path), layers)
 
 
-def _fp32_file(backend: str, fp32_onnx: str, out_dir: str) -> str:
+def fp32_model_file(backend: str, fp32_onnx: str, out_dir: str) -> str:
     if backend == "onnxruntime":
         return fp32_onnx
     xml = os.path.join(out_dir, "model_fp32.xml")
@@ -539,7 +539,7 @@ def _artifact_size(path: str) -> int:
     return file_size(path) + (file_size(path[:-4] + ".bin") if path.endswith(".xml") else 0)
 
 
-def _available(backend: str) -> bool:
+def quant_backend_available(backend: str) -> bool:
     if backend == "onnxruntime":
         return True
     try:
@@ -552,20 +552,20 @@ def _available(backend: str) -> bool:
 
 def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep,
                   labels=None) -> QuantizedModel:
-    fp32_path = _fp32_file(backend, fp32_onnx, out_dir)
+    fp32_path = fp32_model_file(backend, fp32_onnx, out_dir)
     fp32_runner = _Runner(fp32_path, backend)
     reference = [fp32_runner(x.numpy()) for x in validation]
     excluded = list(keep)
-    path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded)
+    path = run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded)
     fidelity = _fidelity(reference, _Runner(path, backend), validation, labels)
     fallback: List[str] = []
     over = _violations(fidelity, config.max_delta)
     if over:
         logger.info("%s int8 misses the tolerances (%s): measuring each layer's sensitivity", backend, over)
-        candidates = [n for n in _int8_layers(backend, path, list(layers)) if n not in excluded]
+        candidates = [n for n in int8_layer_names(backend, path, list(layers)) if n not in excluded]
         sensitivity = {}
         for i, layer in enumerate(candidates):  # quantize this layer alone, measure the damage
-            alone = _run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded, only=[layer],
+            alone = run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded, only=[layer],
                                  tag="_probe")
             sensitivity[layer] = _error_score(_fidelity(reference, _Runner(alone, backend), validation, labels))
         ranked = sorted(candidates, key=lambda n: -sensitivity[n])
@@ -573,7 +573,7 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
             if len(fallback) >= config.max_fallback_layers:
                 break
             fallback.append(layer)
-            path = _run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded + fallback)
+            path = run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded + fallback)
             fidelity = _fidelity(reference, _Runner(path, backend), validation, labels)
             over = _violations(fidelity, config.max_delta)
             logger.info("kept %s in fp32 (sensitivity %.4g): %s", layers[layer], sensitivity[layer],
@@ -589,7 +589,7 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
                 f"layers kept in fp32 ({', '.join(layers[n] for n in fallback)}) it is still over by {over}; "
                 f"raise max_fallback_layers (now {config.max_fallback_layers}), loosen max_delta, or try another "
                 "backend/method")
-    int8 = _int8_layers(backend, path, list(layers))
+    int8 = int8_layer_names(backend, path, list(layers))
     example = calibration.samples[0]
     latency = {"fp32": _latency(fp32_path, backend, example, config), "int8": _latency(path, backend, example, config)}
     result = QuantizedModel(
@@ -676,12 +676,12 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
     out_dir = config.out_dir or tempfile.mkdtemp(prefix="monai_prune_int8_")
     os.makedirs(out_dir, exist_ok=True)
     fp32_onnx = export_onnx(model, example, os.path.join(out_dir, "model_fp32.onnx")).path
-    layers = _onnx_layers(fp32_onnx)
-    keep = sorted({n for nodes in _resolve_layers(config.keep_fp32, layers).values() for n in nodes})
+    layers = onnx_weighted_layers(fp32_onnx)
+    keep = sorted({n for nodes in resolve_layers(config.keep_fp32, layers).values() for n in nodes})
 
-    backends = [config.backend] if config.backend != "auto" else [b for b in QUANT_BACKENDS if _available(b)
+    backends = [config.backend] if config.backend != "auto" else [b for b in QUANT_BACKENDS if quant_backend_available(b)
                                                                    and config.method in METHODS[b]]
-    if config.backend != "auto" and not _available(config.backend):
+    if config.backend != "auto" and not quant_backend_available(config.backend):
         raise BackendUnavailableError(f"backend {config.backend!r} is not installed: pip install 'monai-prune[openvino]'")
     results: Dict[str, QuantizedModel] = {}
     failures: Dict[str, str] = {}

@@ -214,12 +214,12 @@ def openvino_int8_layers(path: str) -> Dict[str, List[str]]:
     ``"fp32"`` (the others)."""
     import openvino as ov
 
-    from .ptq import _ov_int8_layers
+    from .ptq import ov_int8_layers
 
     model = ov.Core().read_model(path)
     layers = [op.get_friendly_name() for op in model.get_ordered_ops()
               if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution", "MatMul")]
-    int8 = set(_ov_int8_layers(model, layers))
+    int8 = set(ov_int8_layers(model, layers))
     return {"int8": [_module_name(n) for n in layers if n in int8],
             "fp32": [_module_name(n) for n in layers if n not in int8]}
 

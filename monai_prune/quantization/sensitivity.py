@@ -31,18 +31,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._markdown import markdown_table
 from .._plotting import new_figure, save_png
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..export import export_onnx
 from ..measure import count_macs
 from ..pruning.plan import architecture_signature
-from ..report import markdown_table
 from ..runtime import Predictor
-from ..sensitivity import CACHE_FORMAT, JsonResult, _Cache, _evaluate_id, _numeric_metrics, weights_digest
+from ..sensitivity import CACHE_FORMAT, JsonResult, ResultCache, evaluation_id, numeric_metrics, weights_digest
 from ..utils import root_logging_for_others
 from .calibration import CalibrationSet
-from .ptq import (QUANT_BACKENDS, QuantizationConfig, _available, _fp32_file, _int8_layers, _onnx_layers,
-                  _resolve_layers, _run_backend)
+from .ptq import (QUANT_BACKENDS, QuantizationConfig, quant_backend_available, fp32_model_file, int8_layer_names, onnx_weighted_layers,
+                  resolve_layers, run_backend)
 
 logger = logging.getLogger(__name__)
 
@@ -198,14 +198,14 @@ class _Workspace:
         return self._onnx
 
     def onnx_layers(self) -> Dict[str, str]:
-        return _onnx_layers(self.fp32_onnx)
+        return onnx_weighted_layers(self.fp32_onnx)
 
     def fp32_file(self) -> str:
-        return _fp32_file(self.backend, self.fp32_onnx, self.folder)
+        return fp32_model_file(self.backend, self.fp32_onnx, self.folder)
 
     def int8_file(self, all_nodes: Sequence[str], only: Optional[Sequence[str]]) -> str:
         # the ranges file lives in this run's folder: calibrated by the first quantization, reused by the others
-        return _run_backend(self.backend, self.fp32_onnx, self.folder, self.calibration, self.config, list(all_nodes),
+        return run_backend(self.backend, self.fp32_onnx, self.folder, self.calibration, self.config, list(all_nodes),
                             [], only=only, tag="_probe",
                             calibration_cache=os.path.join(self.folder, "activation_ranges.json"))
 
@@ -270,19 +270,19 @@ def quantization_sensitivity(
     config = QuantizationConfig(**{**(asdict(config) if config is not None else {}), "backend": backend,
                                    "keep_fp32": [], "max_delta": {}})
     config.validate()
-    if not _available(backend):
+    if not quant_backend_available(backend):
         raise BackendUnavailableError(f"backend {backend!r} is not installed: pip install 'monai-prune[openvino]'")
     started = time.perf_counter()
     example = calibration.samples[0]
-    store = _Cache(cache)
+    store = ResultCache(cache)
     common = {"format": CACHE_FORMAT, "architecture": architecture_signature(model), "weights": weights_digest(model),
               "input": list(calibration.shape), "backend": backend, "backend_version": _backend_version(backend),
               "calibration": calibration.sha256,
               "quantization": {"method": config.method, "per_channel": config.per_channel}}
-    evaluate_id = evaluate_id or _evaluate_id(evaluate)
+    evaluate_id = evaluate_id or evaluation_id(evaluate)
     work = _Workspace(model, example, backend, config, calibration)
     try:
-        key = _Cache.key(kind="quant_layers", **common)
+        key = ResultCache.key(kind="quant_layers", **common)
         onnx_layers = store.get(key)
         if onnx_layers is None:
             onnx_layers = work.onnx_layers()
@@ -296,12 +296,12 @@ def quantization_sensitivity(
             predictor = Predictor(path, backend=backend)
             try:
                 with torch.no_grad():
-                    return _numeric_metrics(evaluate(predictor), who)
+                    return numeric_metrics(evaluate(predictor), who)
             finally:
                 del predictor
                 gc.collect()
 
-        key = _Cache.key(kind="quant_fp32", evaluate=evaluate_id, **common)
+        key = ResultCache.key(kind="quant_fp32", evaluate=evaluate_id, **common)
         fp32 = store.get(key)
         if fp32 is None:
             fp32 = measure(work.fp32_file(), f"fp32 ({backend})")
@@ -316,7 +316,7 @@ def quantization_sensitivity(
         with bar, root_logging_for_others(drop=("Expected bias", "Please consider")):
             for name, nodes in jobs:
                 bar.set_postfix_str(name)
-                key = _Cache.key(kind="quant_cell", evaluate=evaluate_id, layer=name, nodes=sorted(nodes), **common)
+                key = ResultCache.key(kind="quant_cell", evaluate=evaluate_id, layer=name, nodes=sorted(nodes), **common)
                 row = store.get(key)
                 if row is None:
                     row = _measure_row(work, name, nodes, every, onnx_layers, fp32, measure)
@@ -352,7 +352,7 @@ def _select(layers: Optional[Sequence[str]], onnx_layers: Dict[str, str]) -> Dic
     unknown = []
     for name in names:
         try:
-            _resolve_layers([name], onnx_layers)
+            resolve_layers([name], onnx_layers)
         except ConfigError:
             unknown.append(name)
     if unknown:
@@ -360,14 +360,14 @@ def _select(layers: Optional[Sequence[str]], onnx_layers: Dict[str, str]) -> Dic
         raise ConfigError(f"layers {unknown} are not layers of this network: give torch module names (a layer or a "
                           f"block) or ONNX node names; its weighted layers: {modules[:12]}"
                           f"{' …' if len(modules) > 12 else ''}")
-    return {name: nodes for name, nodes in _resolve_layers(names, onnx_layers).items()}
+    return {name: nodes for name, nodes in resolve_layers(names, onnx_layers).items()}
 
 
 def _measure_row(work: _Workspace, name: str, nodes: Sequence[str], every: Sequence[str], onnx_layers: Dict[str, str],
                  fp32: Dict[str, float], measure) -> Dict[str, Any]:
     only = None if name == ALL_LAYERS else list(nodes)
     path = work.int8_file(every, only)
-    int8_nodes = _int8_layers(work.backend, path, list(nodes))
+    int8_nodes = int8_layer_names(work.backend, path, list(nodes))
     macs, fraction = work.macs([onnx_layers[n] for n in nodes])
     row: Dict[str, Any] = {"layer": name, "nodes": list(nodes), "int8_nodes": int8_nodes, "macs": macs,
                            "macs_fraction": fraction, "metrics": None, "delta": None}
