@@ -277,6 +277,11 @@ def test_write_bundle_ships_the_measured_setting_and_the_copy_runs_it(tiny, meas
                         per_class={"organ": {"dice": {"before": 0.9, "after": 0.9, "delta": 0.0}}})
     os.makedirs(os.path.join(bundle, "docs"), exist_ok=True)
     card.to_json(os.path.join(bundle, "docs", "fidelity_card.json"))
+    with open(os.path.join(bundle, "configs", "metadata.json")) as f:
+        source_metadata = json.load(f)
+    source_metadata["changelog"] = {"0.2.0": "compressed"}  # as compress-bundle writes one
+    with open(os.path.join(bundle, "configs", "metadata.json"), "w") as f:
+        json.dump(source_metadata, f)
     before = _tree(bundle)
     assert write_tuned_bundle(measured, out) == out
     assert _tree(bundle) == before
@@ -297,7 +302,9 @@ def test_write_bundle_ships_the_measured_setting_and_the_copy_runs_it(tiny, meas
     knobs = metadata["compression"]["pipeline_knobs"]
     assert knobs["overrides"] == row["overrides"] and knobs["saving_pct"] == pytest.approx(row["saving_pct"])
     assert knobs["delta_dice"] == row["delta_dice"] and knobs["max_delta"] == 0.5
-    note = next(iter(metadata["changelog"].values()))
+    assert metadata["version"] == "0.2.1" and list(metadata["changelog"]) == ["0.2.1", "0.2.0"]
+    assert metadata["changelog"]["0.2.0"] == "compressed"  # the earlier entry is kept
+    note = metadata["changelog"]["0.2.1"]
     assert note.startswith("Pipeline setting shipped by monai-prune tune-pipeline: ") and "% fewer seconds" in note
     shipped_card = FidelityCard.load(os.path.join(out, "docs", "fidelity_card.json"))
     assert shipped_card.notes[-1] == note and note in open(os.path.join(out, "docs", "fidelity_card.md")).read()

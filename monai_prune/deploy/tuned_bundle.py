@@ -7,7 +7,7 @@ The source bundle is never touched. The copy gets:
   ``inferer#overlap`` ...);
 * ``models/model.ts`` with the same ``inference.json`` embedded under ``extra/`` (the SDK's stock
   ``MonaiBundleInferenceOperator`` reads the config from there), the weights unchanged;
-* ``configs/metadata.json``: ``compression.pipeline_knobs`` (the setting, its measured seconds and saving, every
+* ``configs/metadata.json``: the next patch version, ``compression.pipeline_knobs`` (the setting, its measured seconds and saving, every
   class's Dice change and the reference it was measured against), a changelog line, and every file's sha256
   recomputed, so deploy's checks pass on the copy and would still catch a later edit;
 * the fidelity card (``docs/fidelity_card.json`` / ``.md`` and the metadata's copy) with a note saying what was
@@ -48,6 +48,11 @@ def chosen_setting(result: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"no setting both kept every class within ΔDice {result['max_delta']} of the baseline and "
                           "saved time: there is nothing to ship (nothing was written)")
     return max(rows, key=lambda r: r["saving_pct"])
+
+
+def _patch_bump(version: str) -> str:
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:3]] + [0, 0, 0]
+    return f"{parts[0]}.{parts[1]}.{parts[2] + 1}"
 
 
 def check_target(bundle: str, out: str) -> None:
@@ -125,11 +130,15 @@ def write_tuned_bundle(result: Dict[str, Any], out: str, row: Optional[Dict[str,
                 f"({evidence['saving_pct']:.1f}% fewer seconds per image than the bundle's own setting; worst "
                 f"per-class ΔDice {worst:+.4f} against {result['reference']}, limit {-result['max_delta']:+.4f}; "
                 f"measured on {len(evidence['images'])} image(s) with {evidence['backend']} {evidence['precision']}).")
-        metadata["changelog"] = {metadata.get("version", "0"): note, **metadata.get("changelog", {})}
+        previous = str(metadata.get("version", "0.1.0"))
+        metadata["version"] = _patch_bump(previous)  # another inference config: another version of the bundle
+        metadata["changelog"] = {metadata["version"]: note, **metadata.get("changelog", {})}
         card_path = os.path.join(staging, "docs", "fidelity_card.json")
         if os.path.isfile(card_path):
             card = FidelityCard.load(card_path)
             card.notes = [*card.notes, note]
+            if card.title.endswith(f" {previous}"):
+                card.title = f"{card.title[:-len(previous)]}{metadata['version']}"
             card.to_json(card_path)
             atomic_write_text(os.path.join(staging, "docs", "fidelity_card.md"), card.to_markdown())
             compression["fidelity_card"] = card.to_dict()
