@@ -175,7 +175,7 @@ def _example_shape(metadata: Dict[str, Any], train: Dict[str, Any],
 NOT_FOR_TRAINING = ("guardrails#", "inference#")
 
 
-def _check_inference_overrides(src: str, overrides: Dict[str, Any]) -> None:
+def check_inference_overrides(src: str, overrides: Dict[str, Any]) -> None:
     keys = [k for k in overrides if k.startswith("inference#")]
     if not keys:
         return
@@ -223,7 +223,7 @@ def check_bundle(src: str, recipe: str, out: str, overrides: Dict[str, Any]) -> 
         raise ConfigError("the qat recipe runs with the stock bundle CLI (python -m monai.bundle run --config_file "
                           "\"['configs/train.json','<qat.json>']\"); compress-bundle makes int8 by post-training "
                           "quantization: --int8 openvino|onnxruntime|auto")
-    _check_inference_overrides(src, overrides)
+    check_inference_overrides(src, overrides)
     unknown = [k for k in overrides if not _get(recipe_config, k)[0] and not _get(train, k)[0]
                and not k.startswith(NOT_FOR_TRAINING)]
     if unknown:

@@ -1,3 +1,5 @@
+"""Fixtures only (helpers with public names live in ``tests/helpers/``)."""
+
 import logging
 import warnings
 
@@ -14,27 +16,16 @@ def _seed():
     yield
 
 
-def small_unet(norm="batch"):
-    from monai.networks.nets import UNet
-
-    return UNet(3, 1, 2, (8, 16, 32, 64), (2, 2, 2), num_res_units=2, norm=norm)
-
-
-def state_equal(a, b) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 @pytest.fixture(scope="session")
 def dense_spheres():
     """A small UNet trained dense on the synthetic spheres of ``spheres.py`` (12 epochs), and its validation Dice."""
     from monai.utils import set_determinism
 
-    from spheres import _engines, _unet
+    from helpers.spheres import engines, unet
 
     set_determinism(0)
-    net = _unet()
-    trainer, evaluator, _ = _engines(net, epochs=12)
+    net = unet()
+    trainer, evaluator, _ = engines(net, epochs=12)
     trainer.run()
     set_determinism(None)
     return net, evaluator.state.metrics["val_dice"]

@@ -18,8 +18,8 @@ import monai_prune as mp
 from monai_prune.errors import ConfigError, InputError
 from monai_prune.handlers import DistillationHandler, load_dense_weights, state_checksum, weights_state
 from monai_prune.pruning import PruningPlan
-from bundle_fixture import NETWORK_DEF, ROI, write_bundle, write_untrained_weights
-from repo_bundles import bundle_cli
+from helpers.bundle_fixture import NETWORK_DEF, ROI, write_bundle, write_untrained_weights
+from helpers.repo_bundles import bundle_cli
 
 RECIPES = os.path.join(os.path.dirname(mp.__file__), "recipes")
 RECIPE = os.path.join(RECIPES, "channel_pruning_kd.json")

@@ -23,7 +23,7 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 
 import monai_prune as mp
-from repo_bundles import BUNDLES_DIR, CXR, REPO, SEG, bundle_cli as _bundle, copy_bundle as _copy, load_config as _load, \
+from helpers.repo_bundles import BUNDLES_DIR, CXR, REPO, SEG, bundle_cli as _bundle, copy_bundle as _copy, load_config as _load, \
     make_data as _make_data, offline_env as _offline_env
 
 SCHEMA = os.path.join(BUNDLES_DIR, "schema", "meta_schema.json")

@@ -139,7 +139,7 @@ def test_weights_that_are_not_a_weights_only_state_dict(tmp_path, capsys, kind, 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     sys.path.insert(0, os.path.dirname(__file__))
-    from bundle_fixture import NETWORK_DEF, write_bundle
+    from helpers.bundle_fixture import NETWORK_DEF, write_bundle
     from monai.bundle import ConfigParser
 
     root = write_bundle(str(tmp_path_factory.mktemp("source") / "bundle"), volumes=3)

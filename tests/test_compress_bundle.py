@@ -20,7 +20,7 @@ from monai_prune.cli import main
 from monai_prune.errors import InputError
 from monai_prune.fidelity import FidelityCard
 from monai_prune.pruning import PruningPlan
-from bundle_fixture import ROI, write_bundle
+from helpers.bundle_fixture import ROI, write_bundle
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
 SHAPE = f"[1,1,{ROI[0]},{ROI[1]},{ROI[2]}]"

@@ -23,7 +23,7 @@ import pytest
 from monai_prune.bundle import compress_bundle, verify_model_files
 from monai_prune.cli import main
 from monai_prune.errors import ConfigError
-from bundle_fixture import ROI, write_bundle, write_untrained_weights
+from helpers.bundle_fixture import ROI, write_bundle, write_untrained_weights
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
 SHAPE = f"[1,1,{ROI[0]},{ROI[1]},{ROI[2]}]"

@@ -62,7 +62,7 @@ def test_the_label_mode_comes_from_the_bundles_validation_postprocessing():
 def test_inference_only_set_values_reach_the_inference_config_and_never_the_training(tmp_path):
     """``--set inference#inferer#overlap=0.25`` (what tune-pipeline prints): written into configs/inference.json
     only; an id the inference config lacks is refused before anything runs."""
-    from monai_prune.bundle import NOT_FOR_TRAINING, _check_inference_overrides
+    from monai_prune.bundle import NOT_FOR_TRAINING, check_inference_overrides
     from monai_prune.bundle_configs import rewrite_configs
     from monai_prune.errors import ConfigError
 
@@ -73,7 +73,7 @@ def test_inference_only_set_values_reach_the_inference_config_and_never_the_trai
     (configs / "inference.json").write_text(json.dumps(inference))
     (configs / "train.json").write_text(json.dumps({"validate": {"inferer": {"overlap": 0.5}}}))
     overrides = {"inference#inferer#overlap": 0.25, "inference#preprocessing#transforms#0#pixdim": [2.0, 2.0, 2.0]}
-    _check_inference_overrides(str(tmp_path), overrides)
+    check_inference_overrides(str(tmp_path), overrides)
     assert all(k.startswith(NOT_FOR_TRAINING) for k in overrides)
     done = rewrite_configs(str(tmp_path), None, overrides)
     written = json.loads((configs / "inference.json").read_text())
@@ -81,4 +81,4 @@ def test_inference_only_set_values_reach_the_inference_config_and_never_the_trai
     assert "inference-only" in done["inference.json"]
     assert json.loads((configs / "train.json").read_text())["validate"]["inferer"]["overlap"] == 0.5
     with pytest.raises(ConfigError, match="has no id 'inferer#overlapp'"):
-        _check_inference_overrides(str(tmp_path), {"inference#inferer#overlapp": 0.25})
+        check_inference_overrides(str(tmp_path), {"inference#inferer#overlapp": 0.25})

@@ -26,8 +26,8 @@ from monai_prune.deploy.dicom import dice, read_segmentation, segment_descriptio
 from monai_prune.deploy.models import select_model
 from monai_prune.deploy.runner import run_app
 from monai_prune.export import export_onnx
-from dicom_studies import add_exam_summary, add_localizer, deidentify, realistic_study
-from repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline_env
+from helpers.dicom_studies import add_exam_summary, add_localizer, deidentify, realistic_study
+from helpers.repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline_env
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
 CT_APP = os.path.join(REPO, "apps", "ct_seg_compressed", "app.py")

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_studies import (add_exam_summary, add_localizer, deidentify, realistic_study, series_uid_of,
+from helpers.dicom_studies import (add_exam_summary, add_localizer, deidentify, realistic_study, series_uid_of,
                            study_uid_of)
 from monai_prune.deploy.dicom import check_dicom_input, write_ct_series
 from monai_prune.errors import InputError

@@ -9,8 +9,8 @@ from monai_prune.distill import DistillationLoss, kd_divergence
 from monai_prune.errors import ConfigError
 from monai_prune.handlers import DistillationHandler, PruningHandler
 from monai_prune.schedules import LinearSchedule
-from conftest import small_unet
-from test_pruning_handler import X, _trainer
+from helpers.networks import small_unet
+from helpers.engines import X, make_trainer
 
 
 def test_kd_term_matches_a_hand_computation():
@@ -31,7 +31,7 @@ def test_kd_term_matches_a_hand_computation():
 def test_distillation_with_progressive_pruning_in_a_supervised_trainer():
     net = small_unet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    trainer = _trainer(net, opt, epochs=3)
+    trainer = make_trainer(net, opt, epochs=3)
     kd = DistillationHandler(network=net, alpha=0.5, temperature=2.0)
     teacher_before = {k: v.clone() for k, v in kd.teacher.state_dict().items()}
     PruningHandler(network=net, optimizer=opt, schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=2),
@@ -64,7 +64,7 @@ def test_teacher_is_the_network_as_training_starts_and_resumes_from_the_handler_
     torch.save(trained.state_dict(), tmp_path / "dense.pt")
     net = small_unet()  # random init, as a bundle builds it; the stock loader fills in the trained weights
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    trainer = _trainer(net, opt, epochs=2)
+    trainer = make_trainer(net, opt, epochs=2)
     CheckpointLoader(str(tmp_path / "dense.pt"), {"model": net}).attach(trainer)
     kd = DistillationHandler(network=net)
     kd.attach(trainer)
@@ -79,7 +79,7 @@ def test_teacher_is_the_network_as_training_starts_and_resumes_from_the_handler_
     # resumed: the network is pruned when training starts; the teacher comes back from the checkpoint
     fresh = small_unet()
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
-    resumed = _trainer(fresh, fresh_opt, epochs=3)
+    resumed = make_trainer(fresh, fresh_opt, epochs=3)
     fresh_pruner = PruningHandler(network=fresh, optimizer=fresh_opt, example_input=X,
                                   schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=1))
     fresh_kd = DistillationHandler(network=fresh)
@@ -93,7 +93,7 @@ def test_teacher_is_the_network_as_training_starts_and_resumes_from_the_handler_
     # without the teacher's state the resumed run cannot know the dense teacher: a clear error at start
     again = small_unet()
     again_opt = torch.optim.Adam(again.parameters(), lr=1e-3)
-    broken = _trainer(again, again_opt, epochs=3)
+    broken = make_trainer(again, again_opt, epochs=3)
     again_pruner = PruningHandler(network=again, optimizer=again_opt, example_input=X,
                                   schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=1))
     CheckpointLoader(str(tmp_path / "ck.pt"), {"pruner": again_pruner, "model": again}).attach(broken)

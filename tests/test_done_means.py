@@ -14,15 +14,15 @@ from monai.utils import set_determinism
 import monai_prune as mp
 from monai_prune.handlers import DistillationHandler, PruningHandler
 from monai_prune.schedules import CubicSchedule
-from spheres import X, _engines, _unet
-from test_pruning_handler import _Lines
+from helpers.spheres import X, engines, unet
+from helpers.engines import Lines
 
 pytestmark = pytest.mark.slow
 FINAL, START, END = 0.5, 1, 5
 
 
 def _compressing(net, epochs):
-    trainer, evaluator, opt = _engines(net, epochs, lr=1e-3)
+    trainer, evaluator, opt = engines(net, epochs, lr=1e-3)
     pruner = PruningHandler(network=net, optimizer=opt, method="channel", example_input=X, evaluator=evaluator,
                             schedule=CubicSchedule(final=FINAL, start_epoch=START, end_epoch=END))
     distiller = DistillationHandler(network=net, alpha=0.5, temperature=2.0)
@@ -37,7 +37,7 @@ def test_scheduled_pruning_with_distillation_keeps_dice_and_removes_half_the_mac
     set_determinism(1)
     net = copy.deepcopy(dense_net)
     trainer, evaluator, _, pruner, _ = _compressing(net, epochs=12)
-    lines = _Lines()
+    lines = Lines()
     logging.getLogger("done_means_stats").addHandler(lines)
     logging.getLogger("done_means_stats").setLevel(logging.INFO)
     StatsHandler(name="done_means_stats", iteration_log=False, tag_name="loss").attach(trainer)
@@ -77,7 +77,7 @@ def test_interrupted_run_resumes_to_the_same_architecture_and_sparsity(dense_sph
     ckpt = next(tmp_path.glob("*.pt"))
 
     # a new process would build the dense network again and load the checkpoint with stock CheckpointLoader
-    resumed = _unet()
+    resumed = unet()
     trainer, _, opt, pruner, distiller = _compressing(resumed, epochs=7)
     CheckpointLoader(str(ckpt), {"trainer": trainer, "pruner": pruner, "distiller": distiller, "model": resumed,
                                  "optimizer": opt}).attach(trainer)

@@ -8,7 +8,7 @@ from torch import nn
 
 import monai_prune as mp
 from monai_prune.errors import ConfigError, InputError, PruningError
-from conftest import small_unet, state_equal
+from helpers.networks import small_unet, state_equal
 
 X = torch.randn(1, 1, 32, 32, 32)
 

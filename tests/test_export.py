@@ -11,7 +11,7 @@ import torch
 import monai_prune as mp
 from monai_prune.errors import ExportError, InputError
 from monai_prune.export import export_onnx, export_openvino, export_torchscript, read_torchscript_extra_files
-from conftest import small_unet
+from helpers.networks import small_unet
 
 X = torch.randn(1, 1, 32, 32, 32)
 

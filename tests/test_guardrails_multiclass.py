@@ -24,7 +24,7 @@ import torch
 from monai_prune import prune_channels
 from monai_prune.fidelity import check_guardrails, compare_per_class
 
-import multiclass as M
+from helpers import multiclass as M
 
 pytestmark = pytest.mark.slow  # trains a model: about 20 s on 2 idle cores, 30-40 s on a busy machine
 

@@ -6,7 +6,7 @@ from monai.losses import DiceCELoss
 
 import monai_prune as mp
 from monai_prune.pruning import prune_channels_inplace
-from conftest import small_unet
+from helpers.networks import small_unet
 
 X = torch.zeros(1, 1, 32, 32, 32)
 

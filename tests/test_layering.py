@@ -130,3 +130,31 @@ def test_moved_helpers_keep_their_public_homes():
     assert bundle.sha256 is _io.sha256 and bundle.config_digests is _io.config_digests
     assert bundle.verify_model_files is models.verify_model_files
     assert report.markdown_table is _markdown.markdown_table and search.candidates_table is report.candidates_table
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_tests_use_public_names_and_helpers_not_conftest_or_other_tests():
+    """Tests import helpers from ``tests/helpers/`` by public names; never from ``conftest`` or another test module,
+    and never a private name of monai_prune or of a helper."""
+    bad = []
+    for folder in (TESTS, os.path.join(TESTS, "helpers")):
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                module = node.module or ""
+                ours = node.level or module.split(".")[0] in ("monai_prune", "helpers")
+                if module.split(".")[0] == "conftest" or module.split(".")[0].startswith("test_"):
+                    bad.append(f"{name}:{node.lineno} imports from {module}")
+                elif ours:
+                    bad += [f"{name}:{node.lineno} imports {a.name} from {module}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")
+                            and f"{module}.{a.name}" not in MODULES]  # a leaf module (_io) is not a private name
+    assert bad == []

@@ -7,7 +7,7 @@ import torch
 from monai.networks import nets
 
 import monai_prune as mp
-from conftest import state_equal
+from helpers.networks import state_equal
 
 # name -> (constructor, example input shape, is_cnn)
 NETWORKS = {

@@ -5,7 +5,7 @@ import torch
 from monai.losses import DiceCELoss
 
 import monai_prune as mp
-from conftest import small_unet
+from helpers.networks import small_unet
 
 X = torch.randn(1, 1, 32, 32, 32)
 

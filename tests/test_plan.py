@@ -10,7 +10,7 @@ import torch
 
 import monai_prune as mp
 from monai_prune.errors import InputError, PlanMismatchError
-from conftest import small_unet
+from helpers.networks import small_unet
 
 
 @pytest.fixture

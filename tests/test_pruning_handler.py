@@ -14,43 +14,18 @@ import monai_prune as mp
 from monai_prune.errors import ConfigError
 from monai_prune.handlers import PruningHandler
 from monai_prune.schedules import CubicSchedule, LinearSchedule
-from conftest import small_unet
-
-X = torch.zeros(1, 1, 32, 32, 32)
-
-
-def _loader(n=4):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for _ in range(n):
-        label = (torch.rand(1, 32, 32, 32, generator=g) > 0.7).float()
-        items.append({"image": label + 0.3 * torch.randn(1, 32, 32, 32, generator=g), "label": label})
-    return DataLoader(Dataset(items), batch_size=2)
-
-
-def _trainer(net, opt, epochs):
-    return SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_loader(), network=net,
-                             optimizer=opt, loss_function=DiceCELoss(to_onehot_y=True, softmax=True))
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
+from helpers.engines import X, Lines, make_trainer
+from helpers.networks import small_unet
 
 def test_schedule_drives_pruning_in_a_supervised_trainer(tmp_path):
     net = small_unet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    trainer = _trainer(net, opt, epochs=4)
+    trainer = make_trainer(net, opt, epochs=4)
     losses = []
     handler = PruningHandler(network=net, optimizer=opt, method="channel",
                              schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=3), example_input=X)
     handler.attach(trainer)
-    stats_lines = _Lines()
+    stats_lines = Lines()
     logging.getLogger("prune_stats").addHandler(stats_lines)
     logging.getLogger("prune_stats").setLevel(logging.INFO)
     StatsHandler(name="prune_stats", iteration_log=False, tag_name="loss").attach(trainer)
@@ -76,7 +51,7 @@ def test_schedule_drives_pruning_in_a_supervised_trainer(tmp_path):
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
     fresh_handler = PruningHandler(network=fresh, optimizer=fresh_opt,
                                    schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=3), example_input=X)
-    resumed = _trainer(fresh, fresh_opt, epochs=4)
+    resumed = make_trainer(fresh, fresh_opt, epochs=4)
     CheckpointLoader(str(tmp_path / "ck.pt"), {"pruner": fresh_handler, "model": fresh, "optimizer": fresh_opt},
                      map_location="cpu").attach(resumed)
     resumed.state.epoch = 0
@@ -97,16 +72,16 @@ def test_bad_handler_arguments():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     handler = PruningHandler(net, opt, schedule=CubicSchedule(0.5, start_epoch=1, end_epoch=8), example_input=X)
     with pytest.raises(ConfigError, match="training stops at 4"):
-        handler.attach(_trainer(net, opt, epochs=4))
+        handler.attach(make_trainer(net, opt, epochs=4))
     fits = CubicSchedule(0.5, start_epoch=1, end_epoch=2)
     with pytest.raises(ConfigError, match="needs optimizer="):
-        PruningHandler(net, schedule=fits, example_input=X).attach(_trainer(net, opt, epochs=4))
+        PruningHandler(net, schedule=fits, example_input=X).attach(make_trainer(net, opt, epochs=4))
     with pytest.raises(ConfigError, match="different optimizer"):
         PruningHandler(net, torch.optim.SGD(net.parameters(), lr=0.1), schedule=fits,
-                       example_input=X).attach(_trainer(net, opt, epochs=4))
+                       example_input=X).attach(make_trainer(net, opt, epochs=4))
     other = small_unet()
     with pytest.raises(ConfigError, match="different network"):
-        PruningHandler(other, opt, schedule=fits, example_input=X).attach(_trainer(net, opt, epochs=4))
+        PruningHandler(other, opt, schedule=fits, example_input=X).attach(make_trainer(net, opt, epochs=4))
     with pytest.raises(ConfigError, match="importance for method='magnitude'"):
         PruningHandler(net, opt, method="magnitude", schedule=fits, importance="bn_scale")
 
@@ -118,7 +93,7 @@ def test_bad_handler_arguments():
 def test_sparsity_methods_keep_zeros_through_training(method, schedule, kwargs, tmp_path):
     net = small_unet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    trainer = _trainer(net, opt, epochs=3)
+    trainer = make_trainer(net, opt, epochs=3)
     handler = PruningHandler(network=net, optimizer=opt, method=method, schedule=schedule, example_input=X, **kwargs)
     handler.attach(trainer)
     trainer.run()
@@ -141,7 +116,7 @@ def _run_with_checkpoints(tmp_path, epochs, resume_from=None, stop_after=None):
     torch.manual_seed(0)
     net = small_unet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    trainer = _trainer(net, opt, epochs=epochs)
+    trainer = make_trainer(net, opt, epochs=epochs)
     handler = PruningHandler(network=net, optimizer=opt, method="channel",
                              schedule=CubicSchedule(final=0.6, start_epoch=1, end_epoch=4), example_input=X)
     handler.attach(trainer)
@@ -174,7 +149,7 @@ def test_compression_stats_follow_the_shrinking_network():
 
     net = small_unet()
     opt = torch.optim.SGD(net.parameters(), lr=1e-2)
-    trainer = _trainer(net, opt, epochs=2)
+    trainer = make_trainer(net, opt, epochs=2)
     PruningHandler(network=net, optimizer=opt, schedule=LinearSchedule(final=0.5, start_epoch=1, end_epoch=1),
                    example_input=X).attach(trainer)
     CompressionStatsHandler(network=net, example_input=X).attach(trainer)

@@ -21,7 +21,7 @@ from monai_prune.handlers import DistillationHandler, PruningHandler, Quantizati
 from monai_prune.quantization.qat import is_qat
 from monai_prune.runtime import Predictor
 from monai_prune.schedules import CubicSchedule
-from spheres import SIZE, VAL, X, _engines, _unet
+from helpers.spheres import SIZE, VAL, X, engines, unet
 
 ROI = (SIZE,) * 3
 
@@ -45,7 +45,7 @@ def test_pruned_then_qat_fine_tuned_unet_exports_a_real_int8_openvino_model(dens
     assert dense_dice > 0.6, dense_dice
     set_determinism(1)
     net = copy.deepcopy(dense_net)
-    trainer, _, opt = _engines(net, epochs=4, lr=1e-3, validate=False)
+    trainer, _, opt = engines(net, epochs=4, lr=1e-3, validate=False)
     pruner = PruningHandler(network=net, optimizer=opt, example_input=X,
                             schedule=CubicSchedule(final=0.5, start_epoch=1, end_epoch=1))
     snapshots = {}
@@ -103,7 +103,7 @@ def test_pruned_then_qat_fine_tuned_unet_exports_a_real_int8_openvino_model(dens
     assert agreement > 0.98
 
     # resume: a fresh pruned network + a new handler loaded from the state gives the same network
-    fresh = mp.apply_plan(_unet(), pruner.plan)
+    fresh = mp.apply_plan(unet(), pruner.plan)
     fresh_opt = torch.optim.Adam(fresh.parameters(), 1e-3)
     again = QuantizationAwareTrainingHandler(network=fresh, optimizer=fresh_opt, start_epoch=2, freeze_bn_epoch=3)
     again.load_state_dict(qat.state_dict())
@@ -115,21 +115,21 @@ def test_pruned_then_qat_fine_tuned_unet_exports_a_real_int8_openvino_model(dens
 
 
 def test_qat_misuse_fails_clearly(tmp_path):
-    net = _unet()
+    net = unet()
     for kwargs, match in (({"start_epoch": 0}, "epoch number"), ({"start_epoch": 3, "freeze_bn_epoch": 2}, "before"),
                           ({"export_path": str(tmp_path / "m.onnx")}, "must end in .xml"),
                           ({"calibration_batches": 0}, "positive"), ({"preset": "fast"}, "preset")):
         with pytest.raises(ConfigError, match=match):
             QuantizationAwareTrainingHandler(network=net, **kwargs)
     # pruning that would still run after QAT started is refused before training starts
-    trainer, _, opt = _engines(net, epochs=4)
+    trainer, _, opt = engines(net, epochs=4)
     PruningHandler(network=net, optimizer=opt, example_input=X,
                    schedule=CubicSchedule(final=0.5, start_epoch=1, end_epoch=3)).attach(trainer)
     QuantizationAwareTrainingHandler(network=net, optimizer=opt, start_epoch=2).attach(trainer)
     with pytest.raises(ConfigError, match="end the pruning schedule before QAT"):
         trainer.run()
     # a handler for another optimizer, or QAT that would start after training ends
-    trainer, _, opt = _engines(_unet(), epochs=2)
+    trainer, _, opt = engines(unet(), epochs=2)
     QuantizationAwareTrainingHandler(network=trainer.network, optimizer=opt, start_epoch=3).attach(trainer)
     with pytest.raises(ConfigError, match="training stops at epoch 2"):
         trainer.run()

@@ -13,7 +13,7 @@ from monai.inferers import sliding_window_inference
 import monai_prune as mp
 from monai_prune.errors import ConfigError, InputError, QuantizationError
 from monai_prune.quantization import QuantizationConfig, calibration_data, quantize
-from conftest import small_unet
+from helpers.networks import small_unet
 
 ROI = (32, 32, 32)
 
@@ -228,10 +228,10 @@ def test_classifier_fidelity_reports_accuracy_and_auc_against_labels(tmp_path):
     assert f["auc_drop"] == pytest.approx(max(f["auc_fp32"][c] - f["auc_int8"][c] for c in "01"))
     assert "dice_vs_fp32" not in f
     # tolerances: checked against the measured drops; segmentation-only keys are refused for a classifier
-    from monai_prune.quantization.ptq import _violations
+    from monai_prune.quantization.ptq import fidelity_violations
 
-    assert _violations({**f, "accuracy_drop": 0.25}, {"accuracy": 0.1}) == {"accuracy": pytest.approx(0.15)}
-    assert _violations({**f, "auc_drop": 0.0}, {"auc": 0.0}) == {}
+    assert fidelity_violations({**f, "accuracy_drop": 0.25}, {"accuracy": 0.1}) == {"accuracy": pytest.approx(0.15)}
+    assert fidelity_violations({**f, "auc_drop": 0.0}, {"auc": 0.0}) == {}
     with pytest.raises(ConfigError, match="does not apply to a classifier"):
         quantize(net, cal, backend="onnxruntime", validation=val, max_delta={"dice": 0.1})
     with pytest.raises(InputError, match="one class index per sample"):

@@ -7,8 +7,8 @@ from torch import nn
 from monai_prune.errors import ConfigError
 from monai_prune.handlers import SparsityRegularizationHandler
 from monai_prune.handlers.regularization_handler import sparsity_penalty
-from conftest import small_unet
-from test_pruning_handler import _trainer
+from helpers.networks import small_unet
+from helpers.engines import make_trainer
 
 
 def test_penalties_by_hand():
@@ -35,7 +35,7 @@ def test_bn_l1_shrinks_scales_only_in_its_phase():
     for weight in (0.0, 0.05):
         torch.manual_seed(0)
         net = small_unet()
-        trainer = _trainer(net, torch.optim.SGD(net.parameters(), lr=0.05), epochs=3)
+        trainer = make_trainer(net, torch.optim.SGD(net.parameters(), lr=0.05), epochs=3)
         handler = SparsityRegularizationHandler(network=net, penalty="bn_l1", weight=weight, start_epoch=1,
                                                 end_epoch=2)
         handler.attach(trainer)

@@ -8,7 +8,7 @@ import monai_prune as mp
 from monai_prune.errors import BackendUnavailableError, ConfigError, InputError
 from monai_prune.export import export_onnx, export_torchscript
 from monai_prune.runtime import Predictor, available_backends
-from conftest import small_unet
+from helpers.networks import small_unet
 
 ROI = (32, 32, 32)
 

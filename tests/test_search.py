@@ -13,7 +13,8 @@ from monai_prune.errors import ConfigError, InputError
 from monai_prune.report import write_search_report
 from monai_prune.search import SearchConfig, SearchError, search
 from monai_prune.fidelity import PerClassMetrics
-from multiclass import NAMES, X, dense_model, finetune_kd, small_unet, train
+from helpers.multiclass import NAMES, X, dense_model, finetune_kd, train
+from helpers.networks import small_unet
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_a_log_from_another_setup_is_refused_and_left_alone(task, tmp_path):
     config = SearchConfig(ratios=(0.125,), backends=["torch"])
     _run(task, tmp_path, {"max_delta_dice": 1.0}, config)
     before = open(tmp_path / "candidates.jsonl").read()
-    other = train(small_unet(), x[:8], y[:8], iterations=5, seed=3)
+    other = train(small_unet(2, len(NAMES), num_res_units=1), x[:8], y[:8], iterations=5, seed=3)
     with pytest.raises(ConfigError, match="different setup.*weights"):
         search(other, X, evaluate=Counter(vx, vy), latency=_latency, guardrails={"max_delta_dice": 1.0},
                out_dir=str(tmp_path), config=config, setup_id="multiclass-test")

@@ -13,7 +13,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
 from monai.networks.utils import one_hot
-from spheres import TRAIN, VAL
+from helpers.spheres import TRAIN, VAL
 
 from monai_prune import prune_channels
 from monai_prune.errors import ConfigError, InputError

@@ -6,7 +6,7 @@ from torch import nn
 
 from monai_prune.errors import ConfigError
 from monai_prune.sparsity import MaskKeeper, apply_masks, magnitude_masks, measured_sparsity, nm_masks
-from conftest import small_unet
+from helpers.networks import small_unet
 
 
 def test_local_magnitude_zeroes_the_smallest_in_each_layer():

@@ -13,8 +13,8 @@ from monai_prune.handlers import PruningHandler
 from monai_prune.importance import TaylorAccumulator
 from monai_prune.schedules import LinearSchedule
 from monai_prune.sparsity import magnitude_masks, nm_masks
-from conftest import small_unet
-from test_pruning_handler import X, _Lines, _trainer
+from helpers.networks import small_unet
+from helpers.engines import X, Lines, make_trainer
 
 FIRST = "model.0.conv.unit0.conv"
 
@@ -85,8 +85,8 @@ def test_masks_follow_scores_instead_of_magnitude():
 def test_handler_prunes_by_taylor_accumulated_between_steps(method):
     net = small_unet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    trainer = _trainer(net, opt, epochs=4)  # 2 iterations per epoch
-    lines = _Lines()
+    trainer = make_trainer(net, opt, epochs=4)  # 2 iterations per epoch
+    lines = Lines()
     logging.getLogger("taylor_test").addHandler(lines)
     logging.getLogger("taylor_test").setLevel(logging.INFO)
     handler = PruningHandler(network=net, optimizer=opt, method=method, importance="taylor", example_input=X,

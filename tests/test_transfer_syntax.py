@@ -18,7 +18,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGLosslessSV1, MPEG2MPML, RLELossless
 
-from dicom_codecs import ENCODINGS, ct_volume, encode_series
+from helpers.dicom_codecs import ENCODINGS, ct_volume, encode_series
 from monai_prune.deploy.dicom import check_dicom_input, write_ct_series
 from monai_prune.deploy.transfer_syntax import TRANSFER_SYNTAX_PACKAGES, check_decodable, describe_transfer_syntax
 from monai_prune.errors import InputError

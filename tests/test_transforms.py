@@ -8,7 +8,7 @@ from monai.transforms import Compose
 import monai_prune as mp
 from monai_prune.errors import ConfigError
 from monai_prune.transforms import ApplyPlan, PruneChannels
-from conftest import small_unet
+from helpers.networks import small_unet
 
 
 def test_prune_channels_transform_in_compose(tmp_path):

@@ -20,12 +20,12 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_fixture import ROI, ZOO_DATASET_DIR, write_zoo_bundle, write_zoo_data
+from helpers.bundle_fixture import ROI, ZOO_DATASET_DIR, write_zoo_bundle, write_zoo_data
 from monai_prune.bundle import compress_bundle
 from monai_prune.cli import main
 from monai_prune.errors import ConfigError, InputError
 from monai_prune.runtime import available_backends
-from repo_bundles import offline_env
+from helpers.repo_bundles import offline_env
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
 SHAPE = f"[1,1,{ROI[0]},{ROI[1]},{ROI[2]}]"
@@ -185,7 +185,7 @@ def _suggestions(message):
                                   ["--set", "prune#end_epoch=900"]])
 def test_schedule_is_checked_before_anything_runs_and_its_suggestions_pass(tmp_path, capsys, args):
     """Checked in --dry-run too (before any training or evaluation), and every suggested fix passes that check."""
-    from bundle_fixture import write_untrained_weights
+    from helpers.bundle_fixture import write_untrained_weights
 
     src = write_zoo_bundle(str(tmp_path / "spleen"))
     write_untrained_weights(src)

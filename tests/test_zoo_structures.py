@@ -14,8 +14,8 @@ import torch
 
 from monai_prune.fidelity import FidelityCard
 from monai_prune.pruning import PruningPlan
-from repo_bundles import offline_env
-from zoo_structures import (BRATS_LABELS, BRATS_NETWORK, ROI, SWIN_NETWORK, write_brats_bundle, write_brats_data,
+from helpers.repo_bundles import offline_env
+from helpers.zoo_structures import (BRATS_LABELS, BRATS_NETWORK, ROI, SWIN_NETWORK, write_brats_bundle, write_brats_data,
                             write_swin_bundle)
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
@@ -106,7 +106,7 @@ def test_brats_multi_label_bundle_compresses_with_per_channel_fidelity(brats):
 
 @pytest.fixture(scope="module")
 def swin(tmp_path_factory):
-    from bundle_fixture import write_zoo_data
+    from helpers.bundle_fixture import write_zoo_data
 
     base = tmp_path_factory.mktemp("swin")
     data = write_zoo_data(str(base / "btcv_data"), volumes=4, tests=0)

@@ -304,7 +304,7 @@ def _fidelity(fp32_outputs: Sequence[np.ndarray], int8: _Runner, inputs: Sequenc
     return result
 
 
-def _violations(fidelity: Dict[str, object], max_delta: Dict[str, float]) -> Dict[str, float]:
+def fidelity_violations(fidelity: Dict[str, object], max_delta: Dict[str, float]) -> Dict[str, float]:
     """How far each tolerance is exceeded (empty when all hold)."""
     over = {}
     if "max_abs_logit" in max_delta and fidelity["max_abs_logit"] > max_delta["max_abs_logit"]:
@@ -559,7 +559,7 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
     path = run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded)
     fidelity = _fidelity(reference, _Runner(path, backend), validation, labels)
     fallback: List[str] = []
-    over = _violations(fidelity, config.max_delta)
+    over = fidelity_violations(fidelity, config.max_delta)
     if over:
         logger.info("%s int8 misses the tolerances (%s): measuring each layer's sensitivity", backend, over)
         candidates = [n for n in int8_layer_names(backend, path, list(layers)) if n not in excluded]
@@ -575,7 +575,7 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
             fallback.append(layer)
             path = run_backend(backend, fp32_onnx, out_dir, calibration, config, list(layers), excluded + fallback)
             fidelity = _fidelity(reference, _Runner(path, backend), validation, labels)
-            over = _violations(fidelity, config.max_delta)
+            over = fidelity_violations(fidelity, config.max_delta)
             logger.info("kept %s in fp32 (sensitivity %.4g): %s", layers[layer], sensitivity[layer],
                         "tolerances hold" if not over else f"still over by {over}")
             if not over:

@@ -15,6 +15,8 @@ from monai.networks.nets import UNet
 from monai_prune.data import MULTICLASS_NAMES, synthetic_multiclass
 from monai_prune.fidelity import PerClassMetrics
 
+from .networks import small_unet
+
 SIZE = 64
 NAMES = list(MULTICLASS_NAMES)  # background, organ (large), lesion (small)
 X = torch.zeros(1, 1, SIZE, SIZE)  # example input for prune_channels
@@ -30,15 +32,9 @@ def make_multiclass_data(seed: int = 0, train: int = 32, val: int = 32,
     return x, y, vx, vy
 
 
-def small_unet(channels: Sequence[int] = (8, 16, 32, 64), num_res_units: int = 1, norm: Any = "batch") -> UNet:
-    """A small 2D MONAI UNet (BatchNorm) with one output channel per class of ``NAMES``."""
-    return UNet(spatial_dims=2, in_channels=1, out_channels=len(NAMES), channels=tuple(channels),
-                strides=(2,) * (len(channels) - 1), num_res_units=num_res_units, norm=norm)
-
-
 @functools.lru_cache(maxsize=4)
 def dense_model(seed: int = 0) -> Tuple[UNet, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(model, (x, y, val_x, val_y))``: :func:`small_unet` trained with :func:`train` on
+    """``(model, (x, y, val_x, val_y))``: :func:`~helpers.networks.small_unet` (2D, one residual unit) trained with :func:`train` on
     :func:`make_multiclass_data` of ``seed``, its initialisation seeded and on one thread, so the same model whatever
     ran before; trained once per process and shared by the test modules, so never modify it (``prune_channels``
     prunes a copy, and a teacher in :func:`finetune_kd` is only run)."""
@@ -47,7 +43,7 @@ def dense_model(seed: int = 0) -> Tuple[UNet, Tuple[torch.Tensor, torch.Tensor, 
     try:
         torch.manual_seed(seed)
         data = make_multiclass_data(seed)
-        model = train(small_unet(), data[0], data[1], seed=seed)
+        model = train(small_unet(2, len(NAMES), num_res_units=1), data[0], data[1], seed=seed)
     finally:
         torch.set_num_threads(threads)
     return model, data

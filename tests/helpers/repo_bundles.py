@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/helpers/ -> the repository
 BUNDLES_DIR = os.path.join(REPO, "bundles")
 SEG, CXR = "spleen_ct_segmentation_compressed", "chest_xray_classification_compressed"
 

@@ -27,7 +27,7 @@ def _spheres(n, seed):
 TRAIN, VAL = _spheres(8, 0), _spheres(4, 100)
 
 
-def _unet():
+def unet():
     return UNet(3, 1, 2, (16, 32, 64, 128), (2, 2, 2), num_res_units=2, norm="batch")
 
 
@@ -36,7 +36,7 @@ def _post():
                     AsDiscreted(("pred", "label"), argmax=(True, False), to_onehot=2)])
 
 
-def _engines(net, epochs, lr=3e-3, validate=True):
+def engines(net, epochs, lr=3e-3, validate=True):
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=DataLoader(Dataset(VAL), batch_size=1), network=net,

@@ -17,7 +17,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-from bundle_fixture import zoo_train_config
+from .bundle_fixture import zoo_train_config
 
 ROI = [32, 32, 32]
 BRATS_LABELS = {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"}
