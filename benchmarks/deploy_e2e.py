@@ -271,7 +271,8 @@ def prepare_tuned(args, work: str, models: Dict[str, Any]) -> Optional[str]:
     separate tuning series against the dense model (per-class ΔDice <= 0.01) and shipped as ``work/tuned``; None
     (the tuned variant is skipped, and the reason logged) when no setting kept the guardrail and saved time."""
     tuned, record_path = os.path.join(work, "tuned"), os.path.join(work, "tuned.json")
-    settings = {"tune_roi": args.tune_roi, "series": TUNING_SERIES, "compressed_seconds": models["seconds"]}
+    settings = {"tune_roi": args.tune_roi, "series": TUNING_SERIES, "repeats": 3,
+                "compressed_seconds": models["seconds"]}
     if os.path.isfile(record_path):
         with open(record_path) as f:
             record = json.load(f)
@@ -284,7 +285,8 @@ def prepare_tuned(args, work: str, models: Dict[str, Any]) -> Optional[str]:
     ct_series(size, slices, series, seed=seed)
     cmd = [*monai_prune_cli(), "tune-pipeline", models["compressed"], "--images", series, "--dense",
            models["dense"], "--backend", "openvino", "--precision", "int8", "--roi", *args.tune_roi,
-           "--max-delta", "0.01", "--json", os.path.join(work, "tune_pipeline.json"), "--write-bundle", tuned]
+           "--max-delta", "0.01", "--repeats", "3", "--json", os.path.join(work, "tune_pipeline.json"),
+           "--write-bundle", tuned]
     logger.info("preparing: tune-pipeline on a %dx%dx%d tuning series", size, size, slices)
     logs = os.path.join(work, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -293,7 +295,8 @@ def prepare_tuned(args, work: str, models: Dict[str, Any]) -> Optional[str]:
         code = subprocess.call(cmd, stdout=out, stderr=err, cwd=logs)
     why = None
     if code != 0:
-        why = _tail(os.path.join(logs, "prepare_tune.err"), 1).strip()
+        lines = _tail(os.path.join(logs, "prepare_tune.err"), STDERR_TAIL_LINES).splitlines()
+        why = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else f"exit {code}")
         logger.warning("no tuned variant: %s", why)
     atomic_write_text(record_path, json.dumps({"settings": settings, "tuned": None if code else tuned, "why": why},
                                               indent=1))
