@@ -30,7 +30,7 @@ from monai_prune import count_macs, count_params, prune_channels, state_dict_byt
 from monai_prune.export import export_onnx, export_openvino, export_torchscript
 from monai_prune.report import markdown_table
 from monai_prune.quantization import CalibrationSet, QuantizedModel, quantize
-from monai_prune.runtime import BACKENDS, Predictor, available_backends
+from monai_prune.runtime import BACKENDS, INT8_BACKENDS, Predictor, available_backends
 from monai_prune.utils import configure_logging
 
 logger = logging.getLogger("monai_prune.benchmarks")
@@ -39,7 +39,6 @@ _LOGGERS = [logging.getLogger("monai_prune"), logging.getLogger()]  # log lines 
 RATIOS = {"pruned0.5": 0.5, "pruned0.75": 0.75}
 TARGETS = {"pruned0.5": 2.5, "pruned0.75": 4.0}  # wanted speed-up vs dense torch eager at sw_batch_size 1
 PRECISIONS = ("fp32", "int8")
-INT8_BACKENDS = ("onnxruntime", "openvino")  # the backends quantize() produces int8 files for
 SWITCH_PAUSE_S = 0.5  # threads left spinning by one runtime slow the next one down
 SIZE_OF = {"torch": "state dict", "torchscript": "model.ts", "onnxruntime": "model.onnx",
            "openvino": "model.xml+model.bin"}

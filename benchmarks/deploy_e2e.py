@@ -507,7 +507,7 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
     body = []
     for r in rows:
         st = r["stages_s"]
-        body.append([r["variant"], r["backend"], r["precision"], r["postprocessing"].split(" on ")[0],
+        body.append([r["variant"], r["backend"], r["precision"], r["postprocessing"].replace(" on the input grid", ""),
                      _s(r["wall_s"]), _s(r["first_study_s"]), _s(r["startup_s"]), _s(st.get("load")),
                      _s(st.get("preprocessing")), _s(st.get("network")), _s(st.get("postprocessing")),
                      _s(st.get("seg_write")), _s(st.get("app_other")), _x(r["speedup_vs_dense_wall"]),
@@ -555,8 +555,10 @@ def card_pipeline(rows: Sequence[Dict[str, Any]], what: str, max_delta: float = 
         ("load", "DICOM load"), ("preprocessing", "preprocessing"), ("network", "network (sliding window)"),
         ("postprocessing", "postprocessing (inversion to the input grid)"), ("seg_write", "DICOM SEG writing"),
         ("app_other", "rest of the app (model load, graph set-up)"))})
-    return {"variant": best["variant"], "what": f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, "
-                    f"{best['postprocessing'].split(' on ')[0]} postprocessing), Dice vs label {best['dice_vs_label']:.4f}"
+    post = best["postprocessing"].replace(" on the input grid", "")
+    return {"variant": best["variant"],
+            "what": f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, {post} "
+                    f"postprocessing), Dice vs label {best['dice_vs_label']:.4f}"
                     f" vs dense {dense['dice_vs_label']:.4f}, Dice vs the dense SEG {best['dice_vs_dense']:.4f}",
             "end_to_end": {"before": dense["wall_s"], "after": best["wall_s"]},
             "first_study": {"before": dense["first_study_s"], "after": best["first_study_s"]},

@@ -36,7 +36,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -50,6 +49,7 @@ from .bundle_configs import (check_schedule, drop_model_downloads, instantiate, 
                              versions_used, write_int8_config)
 from .deploy.models import verify_model_files  # noqa: F401 (a public name of this module)
 from .errors import ConfigError, GuardrailError, InputError
+from .runtime.registry import INT8_BACKENDS as QUANT_BACKENDS, model_files
 from .fidelity import (FidelityCard, check_guardrails, class_names, compare_per_class, json_safe, validate_guardrails,
                        worst_cases)
 from .utils import atomic_write_text
@@ -63,7 +63,7 @@ SKIPPED = ("models", "data", "eval", "__pycache__")  # not copied from the sourc
 RUN_SKIPPED = ("configs", "models", "eval", "__pycache__")  # not mirrored into the private run folder
 COPY_LIMIT = 1 << 20  # source files up to this size are copied into the private run folder, larger ones linked
 OWNER_FILE = "owner.json"  # in a run's work folder: the host whose process (pid in the folder name) owns it
-INT8_BACKENDS = ("onnxruntime", "openvino", "auto")
+INT8_BACKENDS = QUANT_BACKENDS + ("auto",)
 
 
 # ---------------------------------------------------------------------------------------------------- recipes
@@ -303,17 +303,13 @@ def _inferer_latency(image: torch.Tensor, inferer: Any, models: Dict[str, nn.Mod
                      repeats: int) -> Dict[str, Any]:
     """Median seconds of the bundle's whole inferer (e.g. sliding window) on one preprocessed validation ``image``,
     for each model (interleaved rounds, same input)."""
-    from .measure import time_call
+    from .measure import paired_latency
 
     x = torch.as_tensor(image)[None].float().to(device)
-    times: Dict[str, List[float]] = {name: [] for name in models}
     with torch.no_grad():
-        for name, model in models.items():  # warm-up
-            inferer(inputs=x, network=model)
-        for _ in range(repeats):
-            for name, model in models.items():
-                times[name].append(time_call(lambda: inferer(inputs=x, network=model), repeats=1, warmup=0)["median_s"])
-    result: Dict[str, Any] = {name: statistics.median(t) for name, t in times.items()}
+        timed = paired_latency({name: (lambda model=model: inferer(inputs=x, network=model))
+                                for name, model in models.items()}, rounds=repeats)
+    result: Dict[str, Any] = {name: t["median_s"] for name, t in timed.items()}
     result.update(input_shape=list(x.shape), inferer=type(inferer).__name__)
     return result
 
@@ -713,9 +709,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         calibration = calibration_data(dataset, calibration_samples, roi_size=info["shape"][2:])
         result = quantize(network.cpu(), calibration, backend=int8, out_dir=os.path.join(staging, ".int8"),
                           repeats=repeats)
-        for path in (result.path, result.path[:-4] + ".bin" if result.path.endswith(".xml") else None):
-            if path:
-                shutil.move(path, os.path.join(models, os.path.basename(path)))
+        for path in model_files(result.path):  # an OpenVINO .xml moves with its .bin
+            shutil.move(path, os.path.join(models, os.path.basename(path)))
         shutil.rmtree(os.path.join(staging, ".int8"))
         compression["calibration_sha256"] = calibration.sha256
         compression["int8"] = {"file": os.path.basename(result.path), "backend": result.backend,

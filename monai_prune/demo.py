@@ -24,12 +24,12 @@ from .data import ct_transforms, write_ct_dataset
 from .errors import QuantizationError
 from .export import export_onnx, export_torchscript
 from .handlers import DistillationHandler, PruningHandler
-from .measure import file_size, sliding_window_latency
+from .measure import file_size, paired_latency, sliding_window_latency
 from .pruning import PruningPlan
 from .quantization import calibration_data, quantize
 from .quantization.ptq import QUANT_BACKENDS
 from .report import plot_accuracy_vs_latency, write_demo_report
-from .runtime import Predictor, available_backends
+from .runtime import FILE_SHAPED, Predictor, available_backends
 from .schedules import CubicSchedule
 from .utils import atomic_path, atomic_write_text
 from .workflows import SPLEEN_UNET_DEF, segmentation_dice, spleen_unet, train_segmentation
@@ -283,14 +283,17 @@ def run_demo(config: DemoConfig) -> Dict[str, Any]:
     bench_example = torch.zeros(1, 1, *config.bench_roi)
     latency: Dict[str, Dict[str, float]] = {"dense": {}, "pruned": {}}
     predictors: Dict[str, Dict[str, Predictor]] = {"dense": {}, "pruned": {}}
-    for backend in config.backends:  # interleaved: dense then pruned on each backend
+    for backend in config.backends:  # dense and pruned interleaved, round by round, on each backend
         for name, net in (("dense", dense), ("pruned", pruned)):
-            source = art[name]["model.onnx"] if backend in ("onnxruntime", "openvino") else net
-            predictor = Predictor(source, bench_example, backend=backend, work_dir=os.path.join(out, name))
-            predictors[name][backend] = predictor
-            latency[name][backend] = sliding_window_latency(predictor, volume, config.bench_roi, sw_batch_size=1,
-                                                            repeats=config.repeats)["median_s"]
-            time.sleep(0.5)
+            source = art[name]["model.onnx"] if backend in FILE_SHAPED else net
+            predictors[name][backend] = Predictor(source, bench_example, backend=backend,
+                                                  work_dir=os.path.join(out, name))
+        timed = paired_latency({name: (lambda p=predictors[name][backend]: sliding_window_latency(
+            p, volume, config.bench_roi, sw_batch_size=1, repeats=1, warmup=0)) for name in ("dense", "pruned")},
+            rounds=config.repeats)
+        for name in ("dense", "pruned"):
+            latency[name][backend] = timed[name]["median_s"]
+        time.sleep(0.5)
     best = min(latency["pruned"], key=latency["pruned"].get)
     best_dice = segmentation_dice(predictors["pruned"][best], val, roi=config.infer_roi)["mean_dice"]
     eager = latency["dense"]["torch"]

@@ -25,7 +25,7 @@ import os
 import re
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -254,6 +254,31 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Dict[
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+
+
+def paired_latency(calls: Mapping[str, Callable[[], Any]], rounds: int = 3, warmup: int = 1,
+                   pause_s: float = 0.0) -> Dict[str, Dict[str, Any]]:
+    """Time several calls against each other on a machine whose load changes: ``warmup`` untimed passes, then
+    ``rounds`` passes that each run every call once, in order, so that load hits them alike. Returns, per name,
+    :func:`time_call`'s ``median_s``/``min_s``/``max_s``/``times_s``; ``times_s[i]`` of every name come from the same
+    round (``dense / candidate`` per round is a paired ratio). ``pause_s``: a sleep between rounds."""
+    if rounds < 1:
+        raise InputError(f"rounds must be at least 1, got {rounds}")
+    if not calls:
+        raise InputError("nothing to time: give at least one call")
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        if r and pause_s:
+            time.sleep(pause_s)
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "times_s": t}
+            for name, t in times.items()}
 
 
 def sliding_window_latency(

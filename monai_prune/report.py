@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ._markdown import markdown_table
 from ._plotting import line_handle, new_figure, save_png
+from .runtime.registry import model_files
 from .utils import atomic_write_text
 
 
@@ -87,7 +88,7 @@ The demo went on with the fp32 models above. What `quantize` said:
     f = int8["fidelity"]
     best = p["best_backend"]
     eager = d["latency_s"]["torch"]
-    name = os.path.basename(int8["artifact"]) + (" + .bin" if int8["artifact"].endswith(".xml") else "")
+    name = " + ".join(os.path.basename(p) for p in model_files(int8["artifact"]))
     rows = [
         ["dense fp32", "torch", f"{d['mean_dice']:.4f}", f"{eager:.3f}", "1.00x", "dense/model.onnx",
          _mb(d["onnx_size_bytes"]), "1.00x"],

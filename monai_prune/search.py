@@ -40,6 +40,7 @@ from .errors import ConfigError, GuardrailError, InputError
 from .fidelity import (FidelityCard, agreement_note, check_guardrails, compare_per_class, json_safe,
                        validate_guardrails)
 from .measure import count_macs, count_params, file_size, state_dict_bytes
+from .runtime.registry import artifact_size, model_files
 from .pruning import PruningPlan, apply_plan, prune_channels
 from .pruning.plan import architecture_signature
 from .report import candidates_table  # noqa: F401 (a public name of this module)
@@ -785,8 +786,8 @@ class _Run:
             artifact = chosen["artifact"]
             target = os.path.join(staging, "int8_" + os.path.basename(artifact.rstrip(os.sep)))
             (shutil.copytree if os.path.isdir(artifact) else shutil.copy2)(artifact, target)
-            if artifact.endswith(".xml") and os.path.exists(artifact[:-4] + ".bin"):
-                shutil.copy2(artifact[:-4] + ".bin", target[:-4] + ".bin")
+            for companion, copied in zip(model_files(artifact)[1:], model_files(target)[1:]):  # OpenVINO's .bin
+                shutil.copy2(companion, copied)
             model = Predictor(artifact, backend=chosen["backend"])
         agreement = None
         others = [b for b in self.backends if b in ("onnxruntime", "openvino")]
@@ -823,10 +824,7 @@ def _card(run: _Run, chosen: Mapping[str, Any], agreement: Optional[Dict[str, An
 
 def _artifact_bytes(path: str) -> int:
     """Bytes of a model file; an OpenVINO IR counts its ``.xml`` and its ``.bin``."""
-    size = file_size(path)
-    if path.endswith(".xml") and os.path.exists(path[:-4] + ".bin"):
-        size += file_size(path[:-4] + ".bin")
-    return size
+    return artifact_size(path) if os.path.isfile(path) else file_size(path)
 
 
 def _store_example(example: Optional[Mapping[str, Any]], path: str) -> Optional[str]:

@@ -1,10 +1,12 @@
 """Our MAC counter against hand counts; torch-pruning's counter over-counts ConvTranspose."""
 
+import pytest
 import torch
 import torch_pruning as tp
 from torch import nn
 
 import monai_prune as mp
+from monai_prune.errors import InputError
 
 
 class Tiny(nn.Module):
@@ -69,3 +71,28 @@ def test_sizes_and_latency(tmp_path):
     assert abs(mp.file_size(tmp_path / "m.pt") - mp.state_dict_bytes(model)) < 512
     stats = mp.sliding_window_latency(model, torch.rand(1, 1, 24, 24, 24), (16, 16, 16), repeats=2)
     assert len(stats["times_s"]) == 2 and stats["median_s"] > 0
+
+
+def test_paired_latency_runs_every_call_once_per_round_in_order():
+    import time as _time
+
+    from monai_prune.measure import paired_latency
+
+    order = []
+
+    def slow():
+        order.append("slow")
+        _time.sleep(0.02)
+
+    def fast():
+        order.append("fast")
+
+    timed = paired_latency({"slow": slow, "fast": fast}, rounds=3, warmup=1)
+    assert order == ["slow", "fast"] * 4  # one warm-up pass, then three interleaved rounds
+    assert len(timed["slow"]["times_s"]) == len(timed["fast"]["times_s"]) == 3
+    assert timed["slow"]["min_s"] >= 0.02 > timed["fast"]["max_s"]
+    assert timed["slow"]["median_s"] == sorted(timed["slow"]["times_s"])[1]
+    with pytest.raises(InputError, match="rounds must be at least 1"):
+        paired_latency({"fast": fast}, rounds=0)
+    with pytest.raises(InputError, match="nothing to time"):
+        paired_latency({})

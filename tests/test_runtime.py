@@ -69,3 +69,27 @@ def test_predictor_errors(pruned, tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(BackendUnavailableError, match="torch backend"):
         Predictor(str(tmp_path / "model.onnx"), backend="torch")
+
+
+def test_one_registry_says_what_each_backend_is_and_every_module_asks_it(tmp_path):
+    import importlib.util
+
+    from monai_prune.bundle import INT8_BACKENDS as BUNDLE_INT8
+    from monai_prune.deploy.models import BACKENDS as DEPLOY_BACKENDS
+    from monai_prune.deploy.triton import TRITON_BACKENDS as TRITON
+    from monai_prune.quantization.ptq import QUANT_BACKENDS, quant_backend_available
+    from monai_prune.runtime import (BACKENDS, INT8_BACKENDS, REGISTRY, TRITON_BACKENDS, Backend, artifact_size,
+                                     available_backends, model_files)
+
+    assert BACKENDS == ("torch", "torchscript", "onnxruntime", "openvino")
+    assert INT8_BACKENDS == TRITON_BACKENDS == QUANT_BACKENDS == TRITON == ("onnxruntime", "openvino")
+    assert BUNDLE_INT8 == INT8_BACKENDS + ("auto",) and DEPLOY_BACKENDS == ("auto", "torchscript", *INT8_BACKENDS)
+    assert model_files("a/model.xml") == ["a/model.xml", "a/model.bin"] and model_files("m.onnx") == ["m.onnx"]
+    (tmp_path / "m.xml").write_bytes(b"x" * 3)
+    (tmp_path / "m.bin").write_bytes(b"y" * 5)
+    assert artifact_size(str(tmp_path / "m.xml")) == 8
+    assert "torch" in available_backends() and available_backends() == [b for b in BACKENDS if REGISTRY[b].available()]
+    missing = Backend("x", ("no_such_package_for_monai_prune",), ".x", int8=True)
+    assert not missing.available() and not missing.int8_available()
+    has = {p: importlib.util.find_spec(p) is not None for p in ("openvino", "nncf")}
+    assert quant_backend_available("openvino") == (has["openvino"] and has["nncf"])

@@ -17,10 +17,11 @@ from typing import Any, Dict, Optional
 
 from .._io import sha256
 from ..errors import ConfigError, InputError
+from ..runtime.registry import BACKENDS as RUNTIMES, REGISTRY
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torchscript", "onnxruntime", "openvino")
+BACKENDS = ("auto",) + tuple(b for b in RUNTIMES if b != "torch")  # a bundle ships files, not a module
 PRECISIONS = ("auto", "fp32", "int8")
 
 
@@ -119,9 +120,7 @@ def verify_config_files(root: str) -> Dict[str, str]:
 
 
 def _available(backend: str) -> bool:
-    from ..runtime import available_backends
-
-    return backend in available_backends()
+    return REGISTRY[backend].available()
 
 
 def _int8_backend(file: str) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .._io import sha256
+from ..runtime.registry import model_files
 from .models import verify_model_files
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..utils import give_umask_mode
@@ -298,9 +299,9 @@ def _copy_model(model: str, target: Path) -> Dict[str, Any]:
         return {"kind": "bundle", "files": {f"models/{k}": v for k, v in verify_model_files(str(target)).items()}}
     if not os.path.isfile(model):
         raise InputError(f"model {model} does not exist")
-    shutil.copy2(model, target / os.path.basename(model))
-    if model.endswith(".xml") and os.path.isfile(model[:-4] + ".bin"):
-        shutil.copy2(model[:-4] + ".bin", target / (os.path.basename(model)[:-4] + ".bin"))
+    for path in model_files(model):  # an OpenVINO .xml travels with its .bin
+        if os.path.isfile(path):
+            shutil.copy2(path, target / os.path.basename(path))
     return {"kind": "file", "files": {p.name: sha256(str(p)) for p in sorted(target.iterdir())}}
 
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BackendUnavailableError, ConfigError, InputError
+from ..runtime.registry import TRITON_BACKENDS, model_files
 from ..utils import give_umask_mode
 
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------- Triton
-TRITON_BACKENDS = ("onnxruntime", "openvino")
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 _ONNX_TYPES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "DOUBLE": "TYPE_FP64", "BFLOAT16": "TYPE_BF16",
                "BOOL": "TYPE_BOOL", "STRING": "TYPE_STRING", **{t: f"TYPE_{t}" for t in (
@@ -178,7 +178,7 @@ def write_triton_repository(
         raise InputError(f"the {backend} backend serves {served} files, got {os.path.basename(model_path)}")
     files = {f"model{suffix}": model_path}
     if suffix == ".xml":
-        files["model.bin"] = model_path[:-4] + ".bin"
+        files["model.bin"] = model_files(model_path)[1]
         if not os.path.isfile(files["model.bin"]):
             raise InputError(f"OpenVINO IR {model_path} has no {os.path.basename(files['model.bin'])} beside it")
     target = os.path.join(repo_dir, name)
@@ -259,7 +259,7 @@ def _check_triton_model(folder: Path) -> dict:
         if not path.is_file():
             raise InputError(f"Triton model {folder.name}: version {v} has no {model_file} (the {backend} backend "
                              "loads that file)")
-        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        if not all(os.path.isfile(p) for p in model_files(str(path))):
             raise InputError(f"Triton model {folder.name}: version {v} has {model_file} but no {path.stem}.bin")
         model_in, model_out = _model_io(str(path))
         for field, declared, actual in (("input", info["inputs"], model_in), ("output", info["outputs"], model_out)):

@@ -7,8 +7,9 @@ The source bundle is never touched. The copy gets:
   ``inferer#overlap`` ...);
 * ``models/model.ts`` with the same ``inference.json`` embedded under ``extra/`` (the SDK's stock
   ``MonaiBundleInferenceOperator`` reads the config from there), the weights unchanged;
-* ``configs/metadata.json``: the next patch version, ``compression.pipeline_knobs`` (the setting, its measured seconds and saving, every
-  class's Dice change and the reference it was measured against), a changelog line, and every file's sha256
+* ``configs/metadata.json``: the next patch version, ``compression.pipeline_knobs`` (the setting, its measured
+  seconds and saving, every class's Dice change and the reference it was measured against), a changelog line, and
+  every file's sha256
   recomputed, so deploy's checks pass on the copy and would still catch a later edit;
 * the fidelity card (``docs/fidelity_card.json`` / ``.md`` and the metadata's copy) with a note saying what was
   changed and what it cost.

@@ -35,13 +35,14 @@ from torch import nn
 from ..errors import BackendUnavailableError, ConfigError, InputError, QuantizationError
 from ..export import export_onnx, export_openvino
 from ..fidelity import dice_counts, pooled_dice
-from ..measure import file_size, time_call
+from ..measure import time_call
+from ..runtime.registry import INT8_BACKENDS, REGISTRY, artifact_size
 from ..utils import atomic_write_text, root_logging_for_others
 from .calibration import CalibrationSet
 
 logger = logging.getLogger(__name__)
 
-QUANT_BACKENDS = ("onnxruntime", "openvino")
+QUANT_BACKENDS = INT8_BACKENDS
 METHODS = {"onnxruntime": ("minmax", "percentile", "entropy"), "openvino": ("minmax",)}
 DELTA_KEYS = ("max_abs_logit", "agreement", "dice", "accuracy", "auc")
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -535,19 +536,9 @@ def _latency(path: str, backend: str, example: torch.Tensor, config: Quantizatio
     return time_call(lambda: work(predictor), repeats=config.repeats)["median_s"]  # the warm-up call compiles
 
 
-def _artifact_size(path: str) -> int:
-    return file_size(path) + (file_size(path[:-4] + ".bin") if path.endswith(".xml") else 0)
-
-
 def quant_backend_available(backend: str) -> bool:
-    if backend == "onnxruntime":
-        return True
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """``quantize`` can write an int8 model for ``backend`` here (its runtime, and NNCF for OpenVINO, installed)."""
+    return REGISTRY[backend].int8_available()
 
 
 def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers, keep,
@@ -596,7 +587,7 @@ def _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, 
         path=path, backend=backend, fp32_path=fp32_path, int8_layers=[layers[n] for n in int8],
         fp32_layers=[m for n, m in layers.items() if n not in set(int8)],
         fallback_layers=[layers[n] for n in fallback], fidelity=fidelity, latency_s=latency,
-        size_bytes={"fp32": _artifact_size(fp32_path), "int8": _artifact_size(path)},
+        size_bytes={"fp32": artifact_size(fp32_path), "int8": artifact_size(path)},
         calibration=calibration.describe(), config={k: v for k, v in asdict(config).items() if k != "timing_fn"},
     )
     if result.slower_than_fp32:

@@ -14,38 +14,24 @@ from __future__ import annotations
 
 import copy
 import gc
-import importlib.util
 import logging
 import os
 import tempfile
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import BackendUnavailableError, ConfigError, InputError
-from .export import export_onnx, export_openvino
-from .measure import error_line, first_layer_input, input_mismatch, shape_text, time_call
-from .utils import first_output
+from ..errors import BackendUnavailableError, ConfigError, InputError
+from ..export import export_onnx, export_openvino
+from ..measure import error_line, first_layer_input, input_mismatch, shape_text, time_call
+from ..utils import first_output
+from .registry import BACKENDS, FILE_SHAPED, available_backends, model_files
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino")
-FILE_SHAPED = ("onnxruntime", "openvino")  # their model declares its input shape: a call is checked against it first
-
-
-def available_backends() -> List[str]:
-    """Backends whose runtime is installed here."""
-    found = ["torch", "torchscript"]
-    if importlib.util.find_spec("onnxruntime") is not None:
-        found.append("onnxruntime")
-    if importlib.util.find_spec("openvino") is not None:
-        found.append("openvino")
-    return found
-
 
 def _to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -259,7 +245,7 @@ class Predictor:
 
     @staticmethod
     def _read_openvino(core, xml: str):
-        weights = xml[:-4] + ".bin"
+        weights = model_files(xml)[1]
         try:
             return core.read_model(xml)
         except Exception as e:  # OpenVINO's C++ trace: its last line says what was wrong
