@@ -241,6 +241,17 @@ def _cmd_recipes(args) -> int:
     return 0
 
 
+def _rounds(text: str) -> int:
+    """A count of timed rounds: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} rounds: give at least 1")
+    return value
+
+
 def _override(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -295,7 +306,7 @@ def _cmd_compress_bundle(args) -> int:
     check_recipe_overrides(args.recipe, dict(args.set or []))
     result = compress_bundle(args.src, args.recipe, args.out, epochs=args.epochs, overrides=dict(args.set or []),
                              int8=args.int8, calibration_samples=args.calibration, target_device=args.target_device,
-                             dry_run=args.dry_run, input_shape=args.input_shape,
+                             dry_run=args.dry_run, repeats=args.repeats, input_shape=args.input_shape,
                              allow_degraded=args.allow_degraded)
     if args.dry_run:
         print("dry run: nothing written. compress-bundle would:")
@@ -509,6 +520,8 @@ def make_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--int8", choices=["onnxruntime", "openvino", "auto"], help="also write an int8 model")
     bundle.add_argument("--calibration", type=int, default=8, help="int8 calibration samples (default 8)")
     bundle.add_argument("--target-device", default="cpu", help="where latency is measured (cpu)")
+    bundle.add_argument("--repeats", type=_rounds, default=5,
+                        help="timed rounds for the latency ratios and the int8 backend choice (median; default 5)")
     bundle.add_argument("--allow-degraded", action="store_true",
                         help="write the bundle even if it breaks the recipe's guardrails (marked DEGRADED)")
     bundle.add_argument("--input-shape", type=_shape, help="example input for MACs, exports and latency, e.g. "

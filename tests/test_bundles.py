@@ -256,6 +256,7 @@ def test_chest_xray_bundle_trains_and_infers_class_labels(tmp_path):
     out = str(tmp_path / "cxr_compressed")
     cli = os.path.join(os.path.dirname(sys.executable), "monai-prune")
     done = subprocess.run([cli, "compress-bundle", root, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+                           "--repeats", "1",
                            "--set", "image_size=[64,64]", "--set", "batch_size=4", "--set", "prune#start_epoch=0",
                            "--set", "prune#end_epoch=0", "--set", "prune#final_sparsity=0.5"],
                           capture_output=True, text=True, timeout=900, env=_offline_env())

@@ -350,3 +350,11 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "load_network_def", broken)
     with pytest.raises(NameError):
         main(prune_args(tmp_path, "--out", str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("value, words", [("0", "0 rounds: give at least 1"), ("two", "'two' is not a whole number")])
+def test_compress_bundle_repeats_must_be_a_positive_count(value, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compress-bundle", str(tmp_path), "--recipe", "channel_pruning", "--out", str(tmp_path / "o"),
+              "--repeats", value])
+    assert info.value.code == 2 and words in capsys.readouterr().err and not (tmp_path / "o").exists()

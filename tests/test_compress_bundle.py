@@ -81,7 +81,8 @@ def test_compress_bundle_writes_a_runnable_measured_bundle_and_leaves_the_source
     out = str(tmp_path / "spleen_tiny_compressed")
 
     args = [CLI, "compress-bundle", src, "--recipe", "channel_pruning_kd", "--out", out, "--epochs", "3",
-            "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=1"]
+            "--repeats", "2", "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0",
+            "--set", "prune#end_epoch=1"]
     # the dry run checks the schedule against the epochs as the real run does: the recipe's end_epoch 10 does not fit
     dry = subprocess.run(args[:7] + ["--dry-run"], capture_output=True, text=True, timeout=300)
     assert dry.returncode == 2 and "leaves no epoch after the last pruning step" in dry.stderr, dry.stderr[-2000:]
@@ -215,6 +216,7 @@ def test_compress_bundle_errors_are_one_line_and_write_nothing(tmp_path, capsys)
 def test_guardrails_refuse_a_degraded_bundle_unless_allowed_and_then_say_so(trained_bundle, tmp_path, capsys):
     out = str(tmp_path / "guarded")
     args = ["compress-bundle", trained_bundle, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+            "--repeats", "1",
             "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0",
             "--set", "prune#final_sparsity=0.7", "--set", "guardrails#min_dice={\"spleen\": 0.999}",
             "--set", "guardrails#target_macs=0.9"]

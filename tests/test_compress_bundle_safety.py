@@ -73,7 +73,7 @@ def _writing_bundle(root):
 
 
 def _args(src, out):
-    return [CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+    return [CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2", "--repeats", "1",
             "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0"]
 
 
@@ -203,7 +203,7 @@ def test_a_component_monai_cannot_build_or_a_recipe_that_never_pruned_is_one_lin
     write_untrained_weights(src)
     before = _tree(src)
     out = str(tmp_path / "out")
-    base = ["compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+    base = ["compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2", "--repeats", "1",
             "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0"]
     broken = '{"_target_": "StatsHandler", "tag_name": "train_loss", "no_such_keyword": 1}'
     assert main(base + ["--set", f"train#handlers#1={broken}"]) == 2

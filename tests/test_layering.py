@@ -130,6 +130,12 @@ def test_moved_helpers_keep_their_public_homes():
     assert bundle.sha256 is _io.sha256 and bundle.config_digests is _io.config_digests
     assert bundle.verify_model_files is models.verify_model_files
     assert report.markdown_table is _markdown.markdown_table and search.candidates_table is report.candidates_table
+    from monai_prune import fidelity_metrics
+    from monai_prune.bundle import compress as bundle_compress
+    from monai_prune.fidelity import card, metrics
+
+    assert fidelity_metrics.PerClassMetrics is metrics.PerClassMetrics is fidelity.PerClassMetrics
+    assert fidelity.FidelityCard is card.FidelityCard and bundle.compress_bundle is bundle_compress.compress_bundle
 
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

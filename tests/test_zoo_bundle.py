@@ -51,6 +51,7 @@ def zoo(tmp_path_factory):
     stock_cli(src, "--config_file", "configs/train.json", "--dataset_dir", data)
     out = str(base / "spleen_ct_segmentation_compressed")
     done = subprocess.run([CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+                           "--repeats", "1",
                            "--set", f"prune#input_shape={SHAPE}", "--set", "prune#start_epoch=0",
                            "--set", "prune#end_epoch=0", "--set", f"dataset_dir={data}", "--int8", INT8,
                            "--calibration", "4"], capture_output=True, text=True, timeout=900, env=offline_env())

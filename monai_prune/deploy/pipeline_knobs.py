@@ -306,7 +306,7 @@ def _masks(labels, classes: int):
 def _classes(metadata: Dict[str, Any], labels) -> Tuple[int, List[Tuple[int, str]]]:
     """The number of classes and (channel, name) of the foreground ones, from the metadata's ``channel_def``
     (background names left out), else from the labels."""
-    from ..fidelity_metrics import BACKGROUND_NAMES, class_names
+    from ..fidelity import BACKGROUND_NAMES, class_names
 
     pred = (metadata.get("network_data_format") or {}).get("outputs", {}).get("pred", {})
     channel_def = pred.get("channel_def") or {}
