@@ -61,6 +61,7 @@ def parse_args(description: str, size: int, roi: Optional[int] = None, calibrati
     Sets ``args.rounds``, ``args.backends`` (installed and selected) and ``args.int8_backends`` (selected ones that
     quantize() supports and that are installed; empty with ``--no-int8``).
     """
+    global SWITCH_PAUSE_S  # --pause sets it for run_rounds
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds over all configurations (default 5)")
     parser.add_argument("--quick", action="store_true", help="2 rounds only (add --size to also shrink the input)")
@@ -75,9 +76,15 @@ def parse_args(description: str, size: int, roi: Optional[int] = None, calibrati
                         help="skip the int8 rows (no calibration, no quantization): fp32 only")
     parser.add_argument("--calibration-samples", type=int, default=calibration_samples,
                         help=f"int8 calibration inputs (default {calibration_samples})")
+    parser.add_argument("--pause", type=float, default=SWITCH_PAUSE_S,
+                        help=f"seconds to wait when the runtime changes and between rounds (default {SWITCH_PAUSE_S}: "
+                             "threads a runtime leaves spinning would slow the next one down)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
+    if args.pause < 0:
+        parser.error("--pause must be >= 0")
+    SWITCH_PAUSE_S = args.pause  # run_rounds reads it
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.calibration_samples < 1:

@@ -25,7 +25,7 @@ def test_benchmark_script(tmp_path, script, extra):
     out = tmp_path / "rows.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--repeats", "1",
-         "--backends", "torch", "onnxruntime", "--json", str(out), *extra],
+         "--backends", "torch", "onnxruntime", "--pause", "0", "--json", str(out), *extra],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

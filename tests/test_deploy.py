@@ -476,8 +476,8 @@ def _summary(log):
 
 @pytest.mark.slow
 def test_serve_runs_studies_in_one_process_with_the_labels_of_the_bundles_own_postprocessing(spleen, tmp_path):
-    """``monai-prune serve``: one process, the model loaded once; a bad study is reported and skipped; a restart
-    skips what was served; a watched inbox is served when a study is ready. The fast label inversion gives the SEG
+    """``monai-prune serve``: one process, the model loaded once; a bad study is reported and skipped; a watched
+    inbox is served when a study is ready, and SIGTERM mid-study lets it finish. The fast label inversion gives the SEG
     the bundle's own postprocessing (Invertd on float channels) gives, on a series the bundle must resample."""
     image = nib.load(os.path.join(spleen.root, "data", "imagesTs", "ct_test_000.nii.gz"))
     hu = np.asarray(image.dataobj, dtype=np.float32)
@@ -516,9 +516,7 @@ def test_serve_runs_studies_in_one_process_with_the_labels_of_the_bundles_own_po
     assert int(air.NumberOfFrames) == hu.shape[2]
     assert int(pydicom.dcmread(_seg_file(os.path.join(out, "s1"))).NumberOfFrames) < hu.shape[2]
 
-    # a restart serves nothing twice
-    code, log = _run(cmd[:cmd.index("--study") + 1] + [studies["s1"], studies["s2"]])
-    assert code == 0 and _summary(log)["studies"] == 0, log[-3000:]
+    # (a restart serving nothing twice is tested on a stand-in app in test_serve.py: no second model load needed)
     # a watched inbox: a study with a .ready file is served, then the server stops when idle
     inbox = tmp_path / "inbox"
     shutil.copytree(studies["s1"], inbox / "s3")
