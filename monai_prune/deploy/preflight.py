@@ -297,7 +297,7 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
                          f"The app needs an axial {label} image series.")
     candidates = _narrow(candidates, folder, series_uid, series_description)
     ranked = sorted(candidates.items(), key=lambda item: -len(item[1]))
-    first_error, failures = None, []
+    first_error, failures, failed = None, [], set()
     for uid, chosen in ranked:
         first = chosen[0]
         chosen_modality = str(first.Modality).upper()
@@ -310,10 +310,10 @@ def check_dicom_input(folder, modality: Union[str, Sequence[str]] = "CT", min_sl
         except InputError as err:
             first_error = first_error or err
             failures.append(f"{description}: {str(err).split(' in ' + str(folder))[-1].strip()}")
+            failed.add(uid)
             skipped_series.append(f"{description}: {err}")
             logger.warning("passed over series %s: %s", description, err)
             continue
-        failed = {u for u, items in ranked if any(f.startswith(describe(items) + ":") for f in failures)}
         for other, items in ranked:
             if other == uid or other in failed:
                 continue

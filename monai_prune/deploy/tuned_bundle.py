@@ -64,7 +64,7 @@ def check_target(bundle: str, out: str) -> None:
 
 
 def _evidence(result: Dict[str, Any], row: Dict[str, Any]) -> Dict[str, Any]:
-    return {"setting": row["knob"] if row["knob"] == "combined" else f"{row['knob']}",
+    return {"setting": row["knob"],
             "values": row["value"], "overrides": row["overrides"], "seconds": row["seconds"],
             "baseline_seconds": row.get("baseline_seconds", result["rows"][0]["seconds"]),
             "saving_pct": row["saving_pct"], "dice": row["dice"], "delta_dice": row["delta_dice"],
