@@ -3,7 +3,10 @@ chest X-ray bundle turns a radiograph into a class + DICOM SR; bad input and tam
 graph starts with nothing written; the MAP-ready folder runs on its own; the Triton repository parses.
 
 The bundles are the repository's own (``bundles/``), trained tiny with the stock ``monai.bundle`` CLI and compressed
-with ``monai-prune compress-bundle``, once per module.
+with ``monai-prune compress-bundle``, once per module. Each app runs as a user runs it (``python app.py`` or
+``monai-prune deploy run``, a process of its own) where a test checks the command line, its exit code or its log;
+elsewhere it runs in this process as ``monai-prune serve`` runs each study (``helpers/apps.py``), which saves a
+start-up of 6-10 s per run.
 """
 
 import glob
@@ -25,7 +28,9 @@ import torch
 from monai_prune.deploy.dicom import dice, read_segmentation, segment_descriptions, write_ct_series, write_xray
 from monai_prune.deploy.models import select_model
 from monai_prune.deploy.runner import run_app
+from monai_prune.cli import main
 from monai_prune.export import export_onnx
+from helpers.apps import ok_here, run_app_here
 from helpers.dicom_studies import add_exam_summary, add_localizer, deidentify, realistic_study
 from helpers.repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline_env
 
@@ -46,7 +51,16 @@ def _ok(cmd, **kwargs):
 
 
 def _compress(src, out, *args):
-    _ok([CLI, "compress-bundle", src, "--out", out, "--repeats", "1", *args])  # latency is not what these test
+    """``monai-prune compress-bundle`` in this process (its own subprocess tests live in test_compress_bundle.py and
+    test_zoo_bundle.py), with every download made impossible as in a subprocess under ``offline_env``."""
+    offline = offline_env()
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            mp.setenv(var, offline[var])
+        for var in ("no_proxy", "NO_PROXY"):
+            mp.delenv(var, raising=False)
+        code = main(["compress-bundle", src, "--out", out, "--repeats", "1", *args])  # latency: not tested here
+    assert code == 0, f"compress-bundle {src} exited {code}"
     return out
 
 
@@ -118,10 +132,9 @@ def test_ct_app_writes_a_dicom_seg_that_matches_the_label_the_stock_operator_and
     log = _ok([CLI, "deploy", "run", "ct_seg_compressed", "-i", spleen.series, "-o", out["compressed"],
                "-m", spleen.compressed, "--precision", "fp32", "--nifti"])
     # the SDK's own MonaiBundleInferenceOperator on the same bundle's model.ts, unchanged
-    _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out["stock"], "-m", spleen.compressed,
-         "--operator", "stock"])
+    ok_here(CT_APP, "-i", spleen.series, "-o", out["stock"], "-m", spleen.compressed, "--operator", "stock")
     # the dense model: the source bundle's stock ckpt_export TorchScript
-    _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out["dense"], "-m", spleen.dense_ts])
+    ok_here(CT_APP, "-i", spleen.series, "-o", out["dense"], "-m", spleen.dense_ts)
 
     segs = {k: read_segmentation(_seg_file(v), spleen.series) for k, v in out.items()}
     for k, seg in segs.items():
@@ -171,11 +184,11 @@ def test_an_edited_config_never_runs_its_expressions_unless_the_user_opts_out(sp
     config["roi_size"] = f"$__import__('pathlib').Path({str(marker)!r}).write_text('ran') and {config['roi_size']}"
     json.dump(config, open(path, "w"), indent=2)
     out = str(tmp_path / "out")
-    code, log = _run([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", bundle])
+    code, log = run_app_here(CT_APP, "-i", spleen.series, "-o", out, "-m", bundle)
     errors = [line for line in log.splitlines() if "error" in line.lower()]
     assert code == 2 and "configs/inference.json does not match its sha256" in log, log[-3000:]
     assert len(errors) == 1 and "Traceback" not in log and not marker.exists() and not os.path.exists(out)
-    _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", bundle, "--allow-edited-configs"])
+    ok_here(CT_APP, "-i", spleen.series, "-o", out, "-m", bundle, "--allow-edited-configs")
     assert marker.read_text() == "ran" and len(glob.glob(os.path.join(out, "*.dcm"))) == 1
 
 
@@ -197,7 +210,7 @@ def test_ct_app_on_a_realistic_deidentified_export_segments_the_checked_series_o
     deidentify(root)
     out = str(tmp_path / "out")
     for _ in range(2):  # the second run into the same folder replaces the first one's results
-        _ok([sys.executable, CT_APP, "-i", str(root), "-o", out, "-m", spleen.compressed, "--precision", "fp32"])
+        ok_here(CT_APP, "-i", str(root), "-o", out, "-m", spleen.compressed, "--precision", "fp32")
     seg_file = _seg_file(out)  # exactly one SEG
     assert sorted(os.listdir(out)) == sorted([os.path.basename(seg_file), "run.json"])
     record = json.load(open(os.path.join(out, "run.json")))
@@ -210,8 +223,8 @@ def test_ct_app_on_a_realistic_deidentified_export_segments_the_checked_series_o
     assert ds.PatientBirthDate == "" and ds.PatientID == ""  # type 2, left empty as the input had none
     other = glob.glob(str(root / "other" / "ct" / "*.dcm"))[0]
     named = str(tmp_path / "named")  # choosing another series by its UID is honoured end to end
-    _ok([sys.executable, CT_APP, "-i", str(root), "-o", named, "-m", spleen.compressed, "--precision", "fp32",
-         "--series-uid", pydicom.dcmread(other).SeriesInstanceUID])
+    ok_here(CT_APP, "-i", str(root), "-o", named, "-m", spleen.compressed, "--precision", "fp32",
+            "--series-uid", pydicom.dcmread(other).SeriesInstanceUID)
     assert _seg_series_uid(_seg_file(named)) == pydicom.dcmread(other).SeriesInstanceUID
 
 
@@ -237,7 +250,7 @@ def _reoriented_bundle(spleen, folder, drop):
 def test_a_bundle_that_reorients_without_inverting_writes_on_the_input_grid_or_nothing(spleen, tmp_path):
     flipped = _reoriented_bundle(spleen, str(tmp_path / "flipped"), {"Invertd", "Spacingd"})
     out = str(tmp_path / "out")
-    log = _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", flipped, "--precision", "fp32"])
+    log = ok_here(CT_APP, "-i", spleen.series, "-o", out, "-m", flipped, "--precision", "fp32")
     assert "put back on the input grid" in log
     seg_file = _seg_file(out)
     frames = pydicom.dcmread(seg_file).PerFrameFunctionalGroupsSequence
@@ -248,7 +261,7 @@ def test_a_bundle_that_reorients_without_inverting_writes_on_the_input_grid_or_n
     assert set(positions) <= set(slices) and len(positions) == int(seg.any(axis=(0, 1)).sum()) > 0
     assert dice(seg, spleen.label) > 0.6  # not mirrored
     resampled = _reoriented_bundle(spleen, str(tmp_path / "resampled"), {"Invertd"})
-    code, log = _run([sys.executable, CT_APP, "-i", spleen.series, "-o", str(tmp_path / "refused"), "-m", resampled])
+    code, log = run_app_here(CT_APP, "-i", spleen.series, "-o", str(tmp_path / "refused"), "-m", resampled)
     assert code != 0 and "is not on the input series' grid" in log and "add Invertd" in log, log[-3000:]
     assert not os.path.exists(tmp_path / "refused")
 
@@ -260,7 +273,7 @@ def test_ct_app_int8_and_onnxruntime_agree_with_fp32(spleen):
     results = {}
     for name, args in (("int8", ["--precision", "int8"]), ("ort", ["--backend", "onnxruntime", "--precision", "fp32"])):
         out = str(spleen.tmp / f"out_{name}")
-        _ok([sys.executable, CT_APP, "-i", spleen.series, "-o", out, "-m", spleen.compressed, *args])
+        ok_here(CT_APP, "-i", spleen.series, "-o", out, "-m", spleen.compressed, *args)
         results[name] = read_segmentation(_seg_file(out), spleen.series)
         record = json.load(open(os.path.join(out, "run.json")))
         assert record["precision"] == ("int8" if name == "int8" else "fp32")
@@ -436,7 +449,7 @@ def test_xray_app_classifies_a_dicom_radiograph_as_the_bundle_does_a_png_and_wri
 
     # int8 (ONNX Runtime) runs too and says so
     out8 = str(chest.tmp / "out_int8")
-    _ok([sys.executable, XRAY_APP, "-i", chest.dx, "-o", out8, "-m", chest.compressed, "--precision", "int8"])
+    ok_here(XRAY_APP, "-i", chest.dx, "-o", out8, "-m", chest.compressed, "--precision", "int8")
     record = json.load(open(os.path.join(out8, "run.json")))
     assert record["precision"] == "int8" and record["model"]["path"] == "models/model_int8.onnx"
     int8 = json.load(open(os.path.join(out8, "result.json")))
@@ -505,8 +518,8 @@ def test_serve_runs_studies_in_one_process_with_the_labels_of_the_bundles_own_po
     served = read_segmentation(_seg_file(os.path.join(out, "s1")), studies["s1"])
     assert np.array_equal(served, read_segmentation(_seg_file(os.path.join(out, "s2")), studies["s2"]))
     # the bundle's own postprocessing, one-shot: the same labels
-    _ok([sys.executable, CT_APP, "-i", studies["s1"], "-o", str(tmp_path / "bundle_post"), "-m", spleen.compressed,
-         "--precision", "fp32", "--bundle-postprocessing"])
+    ok_here(CT_APP, "-i", studies["s1"], "-o", str(tmp_path / "bundle_post"), "-m", spleen.compressed,
+            "--precision", "fp32", "--bundle-postprocessing")
     bundle_post = json.load(open(tmp_path / "bundle_post" / "run.json"))
     assert bundle_post["stages"]["compressed_inference.postprocessing"] == "bundle"
     reference = read_segmentation(_seg_file(str(tmp_path / "bundle_post")), studies["s1"])
