@@ -2,10 +2,11 @@
 
 import json
 import os
-import subprocess
+import runpy
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"variant", "backend", "precision", "sw_batch_size", "latency_s", "macs", "params", "size_bytes",
@@ -21,16 +22,24 @@ ACCURACY_KEYS = {"accuracy_fp32", "accuracy_int8", "accuracy_change_pp", "auc_fp
     ("cls2d.py", ["--size", "64", "--train-steps", "1", "--train-batch", "2", "--val-images", "10",
                   "--calibration-samples", "2"]),
 ])
-def test_benchmark_script(tmp_path, script, extra):
+def test_benchmark_script(tmp_path, monkeypatch, capsys, script, extra):
+    """``python benchmarks/<script> ...`` run as ``__main__`` in this process (saves an interpreter start-up)."""
     out = tmp_path / "rows.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--repeats", "1",
-         "--backends", "torch", "onnxruntime", "--pause", "0", "--json", str(out), *extra],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| variant | backend |" in proc.stdout and "pruned0.5: best backend" in proc.stdout
-    assert "Fastest at sw_batch_size 1:" in proc.stdout
+    path = os.path.join(ROOT, "benchmarks", script)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(os.path.dirname(path))  # as `python benchmarks/x.py` puts its folder first
+    monkeypatch.setattr(sys, "argv", [path, "--quick", "--repeats", "1", "--backends", "torch", "onnxruntime",
+                                      "--pause", "0", "--json", str(out), *extra])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None), capsys.readouterr().err[-2000:]
+    finally:
+        torch.set_num_threads(threads)
+    stdout = capsys.readouterr().out
+    assert "| variant | backend |" in stdout and "pruned0.5: best backend" in stdout
+    assert "Fastest at sw_batch_size 1:" in stdout
     rows = json.loads(out.read_text())
     assert rows and all(KEYS <= set(r) for r in rows)
     variants = {r["variant"] for r in rows}
@@ -56,4 +65,4 @@ def test_benchmark_script(tmp_path, script, extra):
     if script == "cls2d.py":  # a classifier: accuracy / AUC on held-out labelled data, per row and int8 vs fp32
         assert all({"accuracy", "auc"} <= set(r) and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
         assert all(ACCURACY_KEYS <= set(r) for r in int8.values())
-        assert "Target, dense int8 on onnxruntime:" in proc.stdout
+        assert "Target, dense int8 on onnxruntime:" in stdout
