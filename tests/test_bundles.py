@@ -25,7 +25,7 @@ from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 import monai_prune as mp
 from monai_prune.cli import main
 from helpers.repo_bundles import BUNDLES_DIR, CXR, REPO, SEG, bundle_cli as _bundle, copy_bundle as _copy, load_config as _load, \
-    make_data as _make_data, offline_env as _offline_env
+    make_data as _make_data, offline
 
 SCHEMA = os.path.join(BUNDLES_DIR, "schema", "meta_schema.json")
 BUNDLES = [SEG, CXR]
@@ -230,7 +230,7 @@ def test_spleen_bundle_trains_infers_and_compresses(tmp_path):
 
 
 @pytest.mark.slow
-def test_chest_xray_bundle_trains_and_infers_class_labels(tmp_path, monkeypatch, capsys):
+def test_chest_xray_bundle_trains_and_infers_class_labels(tmp_path, capsys):
     root = _copy(CXR, tmp_path)
     data = _make_data(root, "--train", "8", "--val", "4", "--test", "2", "--size", "64")
     assert sorted({item["label"] for item in data["training"]}) == [0, 1]
@@ -257,14 +257,11 @@ def test_chest_xray_bundle_trains_and_infers_class_labels(tmp_path, monkeypatch,
     # monai-prune compress-bundle on the classification bundle: bundle ids and recipe ids in --set, the example
     # input (prune#input_shape) from the metadata, per-class sensitivity/AUC before -> after
     out = str(tmp_path / "cxr_compressed")
-    offline = _offline_env()  # in this process (no second start-up), with every download made impossible
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, offline[var])
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    code = main(["compress-bundle", root, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
-                 "--repeats", "1", "--set", "image_size=[64,64]", "--set", "batch_size=4",
-                 "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0", "--set", "prune#final_sparsity=0.5"])
+    with offline():  # in this process (no second start-up), with every download made impossible
+        code = main(["compress-bundle", root, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+                     "--repeats", "1", "--set", "image_size=[64,64]", "--set", "batch_size=4",
+                     "--set", "prune#start_epoch=0", "--set", "prune#end_epoch=0",
+                     "--set", "prune#final_sparsity=0.5"])
     assert code == 0, capsys.readouterr().err[-4000:]
     c = json.load(open(os.path.join(out, "configs", "metadata.json")))["compression"]
     assert c["macs"]["after"] < 0.5 * c["macs"]["before"] and c["validation_cases"] == 4

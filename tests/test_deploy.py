@@ -32,7 +32,7 @@ from monai_prune.cli import main
 from monai_prune.export import export_onnx
 from helpers.apps import ok_here, run_app_here
 from helpers.dicom_studies import add_exam_summary, add_localizer, deidentify, realistic_study
-from helpers.repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline_env
+from helpers.repo_bundles import CXR, REPO, SEG, bundle_cli, copy_bundle, make_data, offline, offline_env
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
 CT_APP = os.path.join(REPO, "apps", "ct_seg_compressed", "app.py")
@@ -53,12 +53,7 @@ def _ok(cmd, **kwargs):
 def _compress(src, out, *args):
     """``monai-prune compress-bundle`` in this process (its own subprocess tests live in test_compress_bundle.py and
     test_zoo_bundle.py), with every download made impossible as in a subprocess under ``offline_env``."""
-    offline = offline_env()
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-            mp.setenv(var, offline[var])
-        for var in ("no_proxy", "NO_PROXY"):
-            mp.delenv(var, raising=False)
+    with offline():
         code = main(["compress-bundle", src, "--out", out, "--repeats", "1", *args])  # latency: not tested here
     assert code == 0, f"compress-bundle {src} exited {code}"
     return out

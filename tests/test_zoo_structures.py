@@ -1,4 +1,4 @@
-"""``monai-prune compress-bundle`` end to end on bundles written in the structure of the real model-zoo
+"""``monai-prune compress-bundle`` (in-process) end to end on bundles written in the structure of the real model-zoo
 ``brats_mri_segmentation`` (multi-label sigmoid outputs, overlapping TC/WT/ET, a 240x240x160 validation window the
 user shrinks with ``--set``) and ``swin_unetr_btcv_segmentation`` (a ``network_def`` that MONAI 1.5+ cannot build,
 replaced with ``--set network_def=...``); tests/zoo_structures.py writes them. Each dense model is trained first with
@@ -14,11 +14,10 @@ import torch
 
 from monai_prune.fidelity import FidelityCard
 from monai_prune.pruning import PruningPlan
-from helpers.repo_bundles import offline_env
+from helpers.repo_bundles import offline, offline_env
 from helpers.zoo_structures import (BRATS_LABELS, BRATS_NETWORK, ROI, SWIN_NETWORK, write_brats_bundle, write_brats_data,
                             write_swin_bundle)
 
-CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
 pytestmark = pytest.mark.slow
 
 
@@ -33,13 +32,18 @@ def _stock_train(root, *args):
     assert code == 0 and os.path.isfile(os.path.join(root, "models", "model.pt")), (out + err)[-4000:]
 
 
-def _compress(src, out, data, *sets):
-    """``compress-bundle`` as a user runs it on these bundles: pruned at epoch 0 to 0.3, one more epoch, the local
-    data, plus the bundle's own ``--set`` values."""
+def _compress(capsys, src, out, data, *sets):
+    """``compress-bundle`` as a user runs it on these bundles (in this process, offline: its command line runs in
+    test_zoo_bundle.py): pruned at epoch 0 to 0.3, one more epoch, the local data, plus the bundle's own ``--set``
+    values. Returns (exit code, stdout, stderr)."""
+    from monai_prune.cli import main
+
     args = ["prune#start_epoch=0", "prune#end_epoch=0", "prune#final_sparsity=0.3", f"dataset_dir={data}", *sets]
-    return _run([CLI, "compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
-                 "--repeats", "1",
-                 *[part for value in args for part in ("--set", value)]])
+    with offline():
+        code = main(["compress-bundle", src, "--recipe", "channel_pruning", "--out", out, "--epochs", "2",
+                     "--repeats", "1", *[part for value in args for part in ("--set", value)]])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def _metadata(out):
@@ -77,10 +81,10 @@ def test_brats_dry_run_times_the_window_the_user_set(brats, capsys):
     assert not os.path.exists(brats["base"] / "dry")
 
 
-def test_brats_multi_label_bundle_compresses_with_per_channel_fidelity(brats):
+def test_brats_multi_label_bundle_compresses_with_per_channel_fidelity(brats, capsys):
     src, data = brats["src"], brats["data"]
     out = str(brats["base"] / "brats_compressed")
-    code, stdout, err = _compress(src, out, data, "validate#inferer#roi_size=[32,32,32]")
+    code, stdout, err = _compress(capsys, src, out, data, "validate#inferer#roi_size=[32,32,32]")
     assert code == 0, (stdout + err)[-5000:]  # before: argmax(): does not support bool input, in fidelity
     c = _metadata(out)["compression"]
     # three overlapping sigmoid channels, each scored as its own binary mask (background is not a channel here)
@@ -127,10 +131,10 @@ def swin(tmp_path_factory):
     return {"src": src, "data": data, "base": base}
 
 
-def test_swin_unetr_network_def_override_is_what_gets_built_and_compressed(swin):
+def test_swin_unetr_network_def_override_is_what_gets_built_and_compressed(swin, capsys):
     src, data = swin["src"], swin["data"]
     out = str(swin["base"] / "swin_compressed")
-    code, stdout, err = _compress(src, out, data, f"network_def={json.dumps(SWIN_NETWORK)}")
+    code, stdout, err = _compress(capsys, src, out, data, f"network_def={json.dumps(SWIN_NETWORK)}")
     assert code == 0, (stdout + err)[-5000:]  # before: the dense model was built from the zoo's network_def
     metadata = _metadata(out)
     c = metadata["compression"]

@@ -1,12 +1,15 @@
 """The repository's bundles (``bundles/``) for tests: copy one without its data/models, write its synthetic data with
 its own script, run the stock ``python -m monai.bundle`` CLI offline."""
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/helpers/ -> the repository
 BUNDLES_DIR = os.path.join(REPO, "bundles")
@@ -43,6 +46,18 @@ def offline_env():
     env.pop("no_proxy", None)
     env.pop("NO_PROXY", None)
     return env
+
+
+@contextlib.contextmanager
+def offline():
+    """This process's environment as ``offline_env`` sets a subprocess's, for an in-process command, then restored."""
+    env = offline_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            patch.setenv(var, env[var])
+        for var in ("no_proxy", "NO_PROXY"):
+            patch.delenv(var, raising=False)
+        yield
 
 
 def bundle_cli(root, *args) -> str:
