@@ -221,7 +221,7 @@ class _Stop(Exception):
 def test_search_drops_a_truncated_last_line_and_resumes(tmp_path, capsys, monkeypatch):
     """A run killed while writing a line leaves it cut short: the next run drops it (with a warning) and resumes.
     Training and measuring are stubbed out: the test stops where the resumed search starts measuring."""
-    import monai_prune.search as search_module
+    import monai_prune.search.measure as measure_stage
     import monai_prune.search_workflow as workflow
 
     seen = {}
@@ -231,7 +231,7 @@ def test_search_drops_a_truncated_last_line_and_resumes(tmp_path, capsys, monkey
         raise _Stop
 
     monkeypatch.setattr(workflow, "train_segmentation", lambda *a, **k: None)
-    monkeypatch.setattr(search_module._Run, "dense", stop)
+    monkeypatch.setattr(measure_stage.Meter, "dense", stop)
     out = tmp_path / "search"
     args = [*SEARCH, "--out", str(out)]
     with pytest.raises(_Stop):
