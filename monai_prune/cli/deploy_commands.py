@@ -16,6 +16,13 @@ APPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 
 def add_parsers(sub) -> None:
     """The ``deploy`` (``deploy run``), ``serve``, ``tune-pipeline`` and ``package`` subcommands."""
+    _add_deploy_parser(sub)
+    _add_serve_parser(sub)
+    _add_tune_parser(sub)
+    _add_package_parser(sub)
+
+
+def _add_deploy_parser(sub) -> None:
     deploy = sub.add_parser("deploy", help="MONAI Deploy apps for compressed bundles")
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
     run = deploy_sub.add_parser("run", help="run a deploy app locally: deploy run APP -i DICOM_DIR -o OUT -m BUNDLE",
@@ -26,6 +33,8 @@ def add_parsers(sub) -> None:
     run.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments for the app")
     run.set_defaults(func=_cmd_deploy_run)
 
+
+def _add_serve_parser(sub) -> None:
     serve = sub.add_parser(
         "serve", usage="monai-prune serve APP -m BUNDLE -o OUT (--study DIR [DIR ...] | --watch INBOX) [options] "
                        "[-- app options]", help="resident mode: run a deploy app on study after study in one process (imports and model "
@@ -48,6 +57,8 @@ def add_parsers(sub) -> None:
                        help="with --watch: stop after this many seconds without a new study")
     serve.set_defaults(func=_cmd_serve)
 
+
+def _add_tune_parser(sub) -> None:
     tune = sub.add_parser(
         "tune-pipeline", help="measure sliding-window overlap, sw_batch_size, roi and inference resolution of a "
                               "compressed bundle: per-class Dice and end-to-end seconds",
@@ -77,6 +88,8 @@ def add_parsers(sub) -> None:
                            "metadata and fidelity card; the source bundle is never changed")
     tune.set_defaults(func=_cmd_tune_pipeline)
 
+
+def _add_package_parser(sub) -> None:
     package = sub.add_parser("package", help="write a MAP-ready folder for a deploy app (+ a Triton model repository)")
     package.add_argument("app", help="app folder, app.py, or a name under apps/")
     package.add_argument("--out", required=True, help="the folder to write (must not exist)")
