@@ -24,8 +24,10 @@ in a private working copy. The result is a new bundle folder, written under a te
 * ``docs/README.md``: the same in words, the card included.
 
 The package: :mod:`.checks` (recipes; everything checked before a run), :mod:`.workspace` (work folders, SIGTERM),
-:mod:`.evaluate` (the bundle's own evaluator, inferer timing), :mod:`.compress` (the run) and :mod:`.artifacts`
-(the result's metadata and README). Every public name is importable from ``monai_prune.bundle``.
+:mod:`.evaluate` (the bundle's own evaluator, inferer timing), :mod:`.settings` (:class:`CompressSettings`, the run's
+arguments checked once), :mod:`.compress` (the run: checks, private config, fine-tuning, then the stages of
+:mod:`.publish`: model files, measurements, agreement, guardrails, int8, configs, metadata, docs) and
+:mod:`.artifacts` (the result's metadata and README). Every public name is importable from ``monai_prune.bundle``.
 """
 
 from .._io import config_digests, sha256
@@ -34,7 +36,8 @@ from .checks import (CONFIG_EXTS, INT8_BACKENDS, NOT_FOR_TRAINING, RECIPES_DIR, 
                      list_recipes, recipe_path, refuse_nested)
 from .compress import compress_bundle
 from .evaluate import dense_network, validation_label_mode
+from .settings import CompressSettings
 
 __all__ = ["config_digests", "sha256", "verify_model_files", "CONFIG_EXTS", "INT8_BACKENDS", "NOT_FOR_TRAINING",
            "RECIPES_DIR", "check_bundle", "check_inference_overrides", "list_recipes", "recipe_path", "refuse_nested",
-           "compress_bundle", "dense_network", "validation_label_mode"]
+           "compress_bundle", "CompressSettings", "dense_network", "validation_label_mode"]

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .._io import config_digests, sha256
-from ..bundle_configs import (drop_model_downloads, instantiate, recorded_overrides, rewrite_configs, versions_used,
-                              write_int8_config)
-from ..errors import ConfigError, GuardrailError
-from ..runtime.registry import model_files
-from ..fidelity import FidelityCard, check_guardrails, class_names, compare_per_class, json_safe, worst_cases
-from ..utils import atomic_write_text
+from ..bundle_configs import instantiate
+from ..errors import ConfigError
+from ..fidelity import class_names
 from ..weights import read_state_dict
-from .artifacts import bundle_readme, measured_eval_metrics
-from .checks import INT8_BACKENDS, NOT_FOR_TRAINING, SKIPPED, check_bundle, config_file, config_get, load_config
-from .evaluate import (bump_version, check_recipe_schedule, dense_network, describe_run, evaluate_network,
-                       inferer_latency, network_latency, validation_label_mode)
-from .workspace import Terminated, make_work, private_run_root, remove_stale_work, sigterm_unwinds
+from .checks import NOT_FOR_TRAINING, check_bundle, config_get
+from .evaluate import check_recipe_schedule, dense_network, describe_run, evaluate_network, validation_label_mode
+from .publish import (bundle_metadata, check_agreement, hold_guardrails, measure_compression, model_cost,
+                      quantize_int8, rewrite_bundle_configs, write_metadata_and_docs, write_models)
+from .settings import CompressSettings, TrainedModels
+from .workspace import SigtermGuard, Terminated, make_work, private_run_root, remove_stale_work, sigterm_unwinds
 
 logger = logging.getLogger(__name__)
 
@@ -55,35 +51,22 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
             and fidelity card then say DEGRADED in their first line. Without it such a bundle raises
             :class:`GuardrailError`.
     """
-    src, out = os.path.abspath(src), os.path.abspath(out)
-    overrides = dict(overrides or {})
-    if int8 is not None and int8 not in INT8_BACKENDS:
-        raise ConfigError(f"int8 must be one of {INT8_BACKENDS}, got {int8!r}")
-    if target_device not in ("cpu", "cuda") or (target_device == "cuda" and not torch.cuda.is_available()):
-        raise ConfigError(f"target device {target_device!r} is not available here (cpu{', cuda' if torch.cuda.is_available() else ''})")
-    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
-    info = check_bundle(src, recipe, out, overrides)
-    info["allow_degraded"] = allow_degraded
-    if input_shape is not None:
-        if len(input_shape) != len(info["shape"]) or input_shape[1] != info["shape"][1] or min(input_shape) < 1:
-            raise ConfigError(f"input_shape {list(input_shape)} does not fit the bundle's input {info['shape']} "
-                              "(same rank and channels)")
-        info["shape"] = [int(v) for v in input_shape]
-        info["shape_source"] = "--input-shape"
-    check_recipe_schedule(src, info, epochs, overrides)
-    steps = describe_run(src, out, epochs, int8, info)
-    if dry_run:
+    settings = CompressSettings(os.path.abspath(src), recipe, os.path.abspath(out), epochs=epochs,
+                                overrides=dict(overrides or {}), int8=int8, calibration_samples=calibration_samples,
+                                target_device=target_device, dry_run=dry_run, repeats=repeats,
+                                input_shape=input_shape, allow_degraded=allow_degraded)
+    info = _checked_bundle(settings)
+    steps = describe_run(settings.src, settings.out, settings.epochs, settings.int8, info)
+    if settings.dry_run:
         return {"dry_run": True, "steps": steps}
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
+    out = settings.out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     remove_stale_work(out)
     with sigterm_unwinds(out) as guard:
         work = make_work(out)
         try:
             staging = os.path.join(work, "bundle")
-            summary = _compress(src, out, staging, os.path.join(work, "run"), info, epochs, overrides, int8,
-                                calibration_samples, torch.device(target_device), repeats, guard)
+            summary = _compress(settings, info, staging, os.path.join(work, "run"), guard)
             if guard.received:  # a SIGTERM that some code caught and swallowed: never publish its result
                 raise Terminated()
             os.replace(staging, out)
@@ -91,6 +74,21 @@ def compress_bundle(src: str, recipe: str, out: str, epochs: Optional[int] = Non
             shutil.rmtree(work, ignore_errors=True)
     logger.info("compressed bundle written to %s", out)
     return summary
+
+
+def _checked_bundle(settings: CompressSettings) -> Dict[str, Any]:
+    """The source bundle's facts (:func:`check_bundle`), its example input (``input_shape`` when given), and its
+    recipe's pruning schedule checked against the epochs: everything refused before a run (and for a dry run)."""
+    info = check_bundle(settings.src, settings.recipe, settings.out, settings.overrides)
+    input_shape = settings.input_shape
+    if input_shape is not None:
+        if len(input_shape) != len(info["shape"]) or input_shape[1] != info["shape"][1] or min(input_shape) < 1:
+            raise ConfigError(f"input_shape {list(input_shape)} does not fit the bundle's input {info['shape']} "
+                              "(same rank and channels)")
+        info["shape"] = [int(v) for v in input_shape]
+        info["shape_source"] = "--input-shape"
+    check_recipe_schedule(settings.src, info, settings.epochs, settings.overrides)
+    return info
 
 
 def _write_network_def(train_path: str, network_def: Dict[str, Any]) -> None:
@@ -105,17 +103,40 @@ def _write_network_def(train_path: str, network_def: Dict[str, Any]) -> None:
                                     else "json", indent=4)
 
 
-def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibration_samples, device, repeats,
-              guard):
+# ---------------------------------------------------------------------------------------------------- the run
+def _compress(settings: CompressSettings, info: Dict[str, Any], staging: str, run_root: str,
+              guard: SigtermGuard) -> Dict[str, Any]:
+    """The run, stage by stage, in the private ``run_root``; the new bundle is written to ``staging``."""
+    parser, as_written, dense_state = _run_config(settings, info, run_root)
+    x = torch.zeros(info["shape"], device=settings.device)
+    raw = copy.deepcopy(parser.get())
+    if config_get(raw, "initialize")[0]:
+        parser.get_parsed_content("initialize")  # e.g. set_determinism, as monai.bundle run does
+    trained = _fine_tune(settings, info, parser, raw, as_written, dense_state, guard)
+    onnx = write_models(settings, info, staging, trained, x)
+    cost = model_cost(settings, trained, x)
+    # the trainer's validation dataset and inferer (already built, cached): latency, backend agreement, calibration
+    dataset = parser.get_parsed_content("validate#dataset")
+    inferer = parser.get_parsed_content("validate#inferer")
+    compression = measure_compression(settings, info, trained, cost, dataset, inferer)
+    check_agreement(settings, compression, trained, dataset, inferer, onnx.path)
+    hold_guardrails(settings, info, compression)
+    if settings.int8:
+        quantize_int8(settings, info, staging, trained.network, dataset, compression)
+    compression["configs"] = rewrite_bundle_configs(settings, staging, trained, compression)
+    metadata, card = bundle_metadata(settings, info, trained, compression)
+    write_metadata_and_docs(settings, staging, trained.network, x, metadata, card, onnx.path)
+    return {**compression, "card": card}
+
+
+def _run_config(settings: CompressSettings, info: Dict[str, Any], run_root: str) -> Tuple[Any, Dict[str, Any], dict]:
+    """``(parser, as_written, dense_state)``: the private run's parser (train config + recipe + metadata, with the
+    ``--set`` values and epochs, loading the dense weights first), its config before that loader was inserted (ids
+    in errors are the user's), and the dense state dict."""
     from monai.bundle import ConfigParser
 
-    from .. import count_macs, count_params
-    from ..export import export_onnx, export_torchscript
-    from ..measure import state_dict_bytes
-    from ..pruning import PruningPlan
-
+    src, overrides = settings.src, settings.overrides
     private_run_root(src, run_root, info["weights"])
-
     parser = ConfigParser()
     run_train = info["train_path"].replace(src, run_root, 1)
     parser.read_config([run_train, info["recipe_path"]])
@@ -126,8 +147,8 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     for key, value in overrides.items():
         if not key.startswith(NOT_FOR_TRAINING):
             parser[key] = value
-    if epochs is not None:
-        parser["train#trainer#max_epochs"] = epochs
+    if settings.epochs is not None:
+        parser["train#trainer#max_epochs"] = settings.epochs
     if any(k == "network_def" or k.startswith("network_def#") for k in overrides):
         _write_network_def(run_train, copy.deepcopy(parser.get("network_def")))
     dense_state = read_state_dict(info["weights"])
@@ -135,13 +156,17 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
     # the dense weights load first (before distillation takes its teacher at STARTED)
     parser["train#handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
                                  "load_dict": {"model": "@network"}, "map_location": "cpu"}] + list(parser["train#handlers"])
-    x = torch.zeros(info["shape"], device=device)
-    raw = copy.deepcopy(parser.get())
-    if config_get(raw, "initialize")[0]:
-        parser.get_parsed_content("initialize")  # e.g. set_determinism, as monai.bundle run does
+    return parser, as_written, dense_state
+
+
+def _fine_tune(settings: CompressSettings, info: Dict[str, Any], parser: Any, raw: Dict[str, Any],
+               as_written: Dict[str, Any], dense_state: dict, guard: SigtermGuard) -> TrainedModels:
+    """Evaluate the dense model, fine-tune with the bundle's trainer and the recipe's handlers, evaluate the result
+    (the evaluator's best checkpoint when it saved one); refuse a recipe whose pruning handler never ran."""
+    from ..pruning import PruningPlan
 
     dense_def, dense = dense_network(parser)
-    dense = dense.to(device)
+    dense = dense.to(settings.device)
     dense.load_state_dict(dense_state)
     dense.eval()
     pred_format = info["metadata"]["network_data_format"]["outputs"]["pred"]
@@ -167,134 +192,5 @@ def _compress(src, out, staging, run_root, info, epochs, overrides, int8, calibr
         raise ConfigError("the recipe's pruning handler never ran, so nothing was pruned: a --set train#handlers=... "
                           "replaces the handlers the recipe appends (+train#handlers); change single handlers "
                           "(train#handlers#<i>#...) instead (nothing was written)")
-
-    # artifacts
-    models = os.path.join(staging, "models")
-    os.makedirs(models)
-    shutil.copytree(os.path.join(src, "configs"), os.path.join(staging, "configs"))
-    for entry in os.listdir(src):
-        if entry not in SKIPPED and entry != "configs":
-            target = os.path.join(staging, entry)
-            (shutil.copytree if os.path.isdir(os.path.join(src, entry)) else shutil.copy2)(
-                os.path.join(src, entry), target)
-    shutil.copy2(info["recipe_path"], os.path.join(staging, "configs", "compress_recipe.json"))
-    torch.save(network.state_dict(), os.path.join(models, "model.pt"))
-    if plan is not None:
-        plan.save(os.path.join(models, "plan.json"))
-    onnx = export_onnx(network.cpu(), x.cpu(), os.path.join(models, "model.onnx"))
-    network.to(device)
-
-    macs = {"before": count_macs(dense, x), "after": count_macs(network, x)}
-    params = {"before": count_params(dense), "after": count_params(network)}
-    size = {"before": state_dict_bytes(dense), "after": state_dict_bytes(network)}  # both as torch.save writes them
-    network_call = {"before": network_latency(dense, x, repeats), "after": network_latency(network, x, repeats)}
-    # the trainer's validation dataset and inferer (already built, cached): latency, backend agreement, calibration
-    dataset = parser.get_parsed_content("validate#dataset")
-    inferer = parser.get_parsed_content("validate#inferer")
-    logger.info("timing the bundle's validate#inferer with both models on %s", device.type)
-    latency = inferer_latency(dataset[0]["image"], inferer, {"before": dense, "after": network}, device, repeats)
-    compression: Dict[str, Any] = {
-        "tool": "monai-prune", "recipe": info["recipe"].get("recipe", {}).get("name",
-                                                                           os.path.basename(info["recipe_path"])),
-        "recipe_overrides": recorded_overrides(overrides), "epochs": trainer.state.max_epochs,
-        "plan_checksum": plan.checksum if plan is not None else None,
-        "params": params, "macs": macs, "size_bytes": size,
-        "latency_s": {**latency, "device": device.type, "ratio": latency["before"] / latency["after"],
-                      "what": "the bundle's validate#inferer on the first validation case (median)"},
-        "network_latency_s": {**network_call, "device": device.type, "input_shape": info["shape"],
-                              "ratio": network_call["before"] / network_call["after"]},
-        "metrics": {k: {"before": before[k], "after": after.get(k)} for k in before},
-        "per_class": json_safe(compare_per_class(before_classes, after_classes)),
-        "validation_cases": before_classes["cases"],
-        "units": before_classes.get("units", {}),
-        "label_mode": before_classes.get("label_mode"),
-        "worst_cases": json_safe(worst_cases(before_classes, after_classes)),
-        **({"ece": {"before": before_classes["ece"], "after": after_classes["ece"]}} if "ece" in before_classes
-           else {}),
-        "calibration_sha256": None,
-    }
-    from ..fidelity import backend_agreement, prediction_agreement
-
-    inputs = [torch.as_tensor(dataset[i]["image"])[None].float() for i in range(min(2, len(dataset)))]
-    compression["backend_agreement"] = backend_agreement(network.cpu().eval(), inputs, inferer, onnx_path=onnx.path,
-                                                         label_mode=compression["label_mode"])
-    compression["agreement_vs_dense"] = prediction_agreement(dense.cpu().eval(), network, inputs, inferer,
-                                                             label_mode=compression["label_mode"])
-    network.to(device)
-    dense.to(device)
-    broken = check_guardrails(info["guardrails"], compression) if info["guardrails"] else []
-    compression["guardrails"] = {"declared": info["guardrails"], "broken": broken,
-                                 "allowed_degraded": bool(broken and info["allow_degraded"])}
-    if broken and not info["allow_degraded"]:
-        raise GuardrailError("the compressed model breaks its guardrails, nothing was written (--allow-degraded "
-                             "writes it anyway, marked DEGRADED): " + "; ".join(broken))
-    if broken:
-        logger.warning("DEGRADED (written because of --allow-degraded): %s", "; ".join(broken))
-    if int8:
-        from ..quantization import calibration_data, quantize
-
-        calibration = calibration_data(dataset, calibration_samples, roi_size=info["shape"][2:])
-        result = quantize(network.cpu(), calibration, backend=int8, out_dir=os.path.join(staging, ".int8"),
-                          repeats=repeats)
-        for path in model_files(result.path):  # an OpenVINO .xml moves with its .bin
-            shutil.move(path, os.path.join(models, os.path.basename(path)))
-        shutil.rmtree(os.path.join(staging, ".int8"))
-        compression["calibration_sha256"] = calibration.sha256
-        compression["int8"] = {"file": os.path.basename(result.path), "backend": result.backend,
-                               "int8_layers": len(result.int8_layers), "fp32_layers": result.fp32_layers,
-                               "agreement_vs_fp32": result.fidelity["agreement"],
-                               "speedup_vs_fp32": result.speedup, "warnings": result.warnings}
-        network.to(device)
-
-    # configs, metadata, TorchScript with them embedded
-
-    configs_done = rewrite_configs(staging, dense_def if plan is not None else None, overrides)
-    downloads = drop_model_downloads(staging)
-    if downloads:
-        configs_done["large_files"] = downloads
-    if int8:
-        compression["int8"]["config"] = write_int8_config(staging)
-        if compression["int8"]["config"]:
-            configs_done[compression["int8"]["config"]] = (
-                f"overlay of inference.json that runs models/{compression['int8']['file']} "
-                f"({compression['int8']['backend']} int8, checked against its sha256)")
-    compression["configs"] = configs_done
-    metadata = copy.deepcopy(info["metadata"])
-    version = bump_version(metadata.get("version", "0.1.0"))
-    metadata["version"] = version
-    metadata.update(versions_used(info["metadata"], compression.get("int8", {}).get("backend")))
-    published = metadata.get("eval_metrics")
-    metadata["eval_metrics"] = measured_eval_metrics(published, after)
-    metadata["eval_metrics_source"] = (
-        f"measured by monai-prune compress-bundle on the source bundle's validation split "
-        f"({compression['validation_cases']} cases, train.json validate#dataset) with its validate#evaluator, "
-        "after fine-tuning; the dense source model on the same cases: compression.metrics (before)")
-    if published:
-        compression["source_published_eval_metrics"] = {
-            "values": published, "note": "published by the source bundle for its dense model; not measured here"}
-    summary_line = (f"compressed with monai-prune recipe {compression['recipe']}: MACs x{macs['after'] / macs['before']:.3f}, "
-                    f"params x{params['after'] / params['before']:.3f}, latency {compression['latency_s']['ratio']:.2f}x "
-                    f"faster on {device.type}")
-    if compression["guardrails"]["broken"]:
-        summary_line = "DEGRADED (breaks its guardrails): " + summary_line
-    metadata["changelog"] = {version: summary_line, **metadata.get("changelog", {})}
-    name = str(metadata.get("name", os.path.basename(src)))
-    metadata["name"] = name if "compressed" in name.lower() else f"{name} (compressed)"
-    card = FidelityCard.from_compression(compression, title=f"{metadata['name']} {version}")
-    compression["fidelity_card"] = card.to_dict()
-    metadata["compression"] = compression
-    inference_path = config_file(staging, "inference")
-    inference = load_config(inference_path) if inference_path else None
-    export_torchscript(network.cpu(), x.cpu(), os.path.join(models, "model.ts"),
-                       extra_files={"metadata.json": metadata, **({"inference.json": inference} if inference else {})})
-    metadata["model_files"] = {name: sha256(os.path.join(models, name)) for name in sorted(os.listdir(models))}
-    metadata["config_files"] = config_digests(staging)  # every config is final now; deploy checks them before parsing
-    atomic_write_text(os.path.join(staging, "configs", "metadata.json"), json.dumps(metadata, indent=2))
-    os.makedirs(os.path.join(staging, "docs"), exist_ok=True)
-    if os.path.isfile(os.path.join(staging, "docs", "README.md")):
-        os.replace(os.path.join(staging, "docs", "README.md"), os.path.join(staging, "docs", "README_dense.md"))
-    card.to_json(os.path.join(staging, "docs", "fidelity_card.json"))
-    atomic_write_text(os.path.join(staging, "docs", "fidelity_card.md"), card.to_markdown())
-    atomic_write_text(os.path.join(staging, "docs", "README.md"), bundle_readme(metadata, card, src, out, onnx.path))
-    logger.info("fidelity card: %s", card.headline())
-    return {**compression, "card": card}
+    return TrainedModels(dense_def, dense, network, plan, trainer.state.max_epochs, before, before_classes, after,
+                    after_classes)
