@@ -11,20 +11,16 @@ evaluates nothing new.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import math
 import numbers
 import os
-import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._markdown import markdown_table
 from ._plotting import new_figure, save_png
@@ -32,11 +28,11 @@ from .errors import ConfigError, InputError, PruningError
 from .layers import layer_out_dim
 from .pruning.channel import ChannelPruningConfig, prune_channels
 from .pruning.plan import architecture_signature, state_shapes
-from .utils import atomic_write_text
+from .sensitivity_common import (CACHE_FORMAT, JsonResult, ResultCache, evaluation_id, measure_candidates,
+                                 numeric_metrics, weights_digest)
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
 # the ratio of the dry prune that lists the groups: every group of two or more channels loses at least one
 _DRY_RUN_RATIO = 0.5
 
@@ -72,15 +68,6 @@ def prunable_layers(model: nn.Module, example_input, config: Optional[ChannelPru
     return [name for name, _ in model.named_modules() if name in roots]
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes): identifies the trained weights."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _input_signature(example_input) -> Any:
     if isinstance(example_input, torch.Tensor):
         return [list(example_input.shape), str(example_input.dtype)]
@@ -89,58 +76,6 @@ def _input_signature(example_input) -> Any:
     if isinstance(example_input, dict):
         return {k: _input_signature(v) for k, v in sorted(example_input.items())}
     return type(example_input).__name__
-
-
-def evaluation_id(evaluate: Evaluate) -> str:
-    target = evaluate if hasattr(evaluate, "__qualname__") else type(evaluate)
-    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
-
-
-class ResultCache:
-    """A JSON file of ``{key: record}``; read once, rewritten atomically after every new record."""
-
-    def __init__(self, path: Optional[str | os.PathLike]):
-        self.path, self.entries = path, {}
-        if path is None or not os.path.exists(path):
-            return
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT and isinstance(data.get("entries"), dict)):
-                raise ValueError(f"expected a sensitivity cache of format {CACHE_FORMAT}")
-            self.entries = data["entries"]
-        except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
-            warnings.warn(f"ignoring the sensitivity cache {path}: it is unreadable or not a cache ({e}); "
-                          "it will be rewritten with fresh results", RuntimeWarning, stacklevel=3)
-
-    @staticmethod
-    def key(**parts) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-    def get(self, key: str):
-        return copy.deepcopy(self.entries.get(key))
-
-    def put(self, key: str, record) -> None:
-        self.entries[key] = record
-        if self.path is not None:
-            atomic_write_text(self.path, json.dumps({"format": CACHE_FORMAT, "entries": self.entries}))
-
-
-def numeric_metrics(returned, who: str) -> Dict[str, float]:
-    """``evaluate``'s answer as ``{name: float}``; a bare number becomes ``{"metric": value}``."""
-    if isinstance(returned, (numbers.Real, torch.Tensor)) and not isinstance(returned, bool):
-        returned = {"metric": returned}
-    metrics = {}
-    if isinstance(returned, dict):
-        for name, value in returned.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, numbers.Real) and not isinstance(value, bool):
-                metrics[str(name)] = float(value)
-    if not metrics:
-        raise InputError(f"evaluate returned {type(returned).__name__} {str(returned)[:80]!r} for the {who} model; it "
-                         "must return a dict of numeric metrics where higher is better, e.g. {'dice': 0.91}")
-    return metrics
 
 
 def _check_isolated(model: nn.Module, pruned: nn.Module, plan, layer: str) -> None:
@@ -152,30 +87,6 @@ def _check_isolated(model: nn.Module, pruned: nn.Module, plan, layer: str) -> No
     if roots not in ([], [layer]) or changed:
         raise PruningError(f"pruning group {layer!r} alone also pruned groups {roots} / tensors {changed[:5]}; "
                            "the sensitivity of this network's groups cannot be measured one at a time")
-
-
-class JsonResult:
-    """JSON persistence shared by the sensitivity results (dataclasses): every field but ``evaluations`` is written,
-    ``_required`` must be present to load."""
-
-    _required: tuple = ()
-    _what = "result"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "evaluations"}
-
-    def to_json(self, path: str | os.PathLike) -> str:
-        """Write the result as JSON, atomically. Returns the path."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or not set(cls._required) <= set(data):
-            raise InputError(f"{path} is not a {cls._what} written by {cls.__name__}.to_json")
-        names = [f.name for f in fields(cls) if f.name != "evaluations"]
-        return cls(**{k: data[k] for k in names if k in data})
 
 
 @dataclass
@@ -373,21 +284,17 @@ def sensitivity_analysis(
         dense = measure(copy.deepcopy(model), "dense")  # a copy: whatever evaluate does stays off the caller's model
         store.put(key, dense)
 
-    table: List[Dict[str, Any]] = []
     modules = dict(model.named_modules())
-    bar = tqdm(total=len(layers) * len(ratios), desc="sensitivity (layer × ratio)", disable=not progress, leave=False)
-    with _quiet(prune_channels.__module__), bar:
-        for layer in layers:
-            for ratio in ratios:
-                bar.set_postfix_str(f"{layer} @{ratio:g}")
-                key = ResultCache.key(kind="cell", evaluate=evaluate_id, layer=layer, ratio=ratio, **common)
-                row = store.get(key)
-                if row is None:
-                    row = _measure_cell(model, example_input, layer, ratio, base, dense, measure, modules)
-                    store.put(key, row)
-                    logger.debug("sensitivity %s @%g: %s", layer, ratio, row["delta"] or row["error"])
-                table.append(row)
-                bar.update()
+
+    def cell(layer: str, ratio: float):
+        return (f"{layer} @{ratio:g}",
+                ResultCache.key(kind="cell", evaluate=evaluate_id, layer=layer, ratio=ratio, **common),
+                lambda: _measure_cell(model, example_input, layer, ratio, base, dense, measure, modules))
+
+    table = measure_candidates(
+        store, [cell(layer, ratio) for layer in layers for ratio in ratios], "sensitivity (layer × ratio)", progress,
+        _quiet(prune_channels.__module__),
+        lambda label, row: logger.debug("sensitivity %s: %s", label, row["delta"] or row["error"]))
     logger.info("sensitivity: %d layers × %d ratios, %d evaluate calls (the rest from the cache)",
                 len(layers), len(ratios), calls[0])
     info = {"evaluate_id": evaluate_id, "config": common["config"], "input": common["input"],

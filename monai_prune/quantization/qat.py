@@ -214,7 +214,7 @@ def openvino_int8_layers(path: str) -> Dict[str, List[str]]:
     ``"fp32"`` (the others)."""
     import openvino as ov
 
-    from .ptq import ov_int8_layers
+    from .backends.openvino import ov_int8_layers
 
     model = ov.Core().read_model(path)
     layers = [op.get_friendly_name() for op in model.get_ordered_ops()

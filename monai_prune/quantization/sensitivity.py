@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._markdown import markdown_table
 from .._plotting import new_figure, save_png
@@ -38,11 +37,13 @@ from ..export import export_onnx
 from ..measure import count_macs
 from ..pruning.plan import architecture_signature
 from ..runtime import Predictor
-from ..sensitivity import CACHE_FORMAT, JsonResult, ResultCache, evaluation_id, numeric_metrics, weights_digest
+from ..sensitivity_common import (CACHE_FORMAT, JsonResult, ResultCache, evaluation_id, measure_candidates,
+                                  numeric_metrics, weights_digest)
 from ..utils import root_logging_for_others
+from .backends import backend_version, fp32_model_file, int8_layer_names, quant_backend_available, run_backend
 from .calibration import CalibrationSet
-from .ptq import (QUANT_BACKENDS, QuantizationConfig, quant_backend_available, fp32_model_file, int8_layer_names, onnx_weighted_layers,
-                  resolve_layers, run_backend)
+from .onnx_layers import onnx_weighted_layers, resolve_layers
+from .ptq import QUANT_BACKENDS, QuantizationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +156,6 @@ class QuantSensitivityResult(JsonResult):
         return str(path)
 
 
-def _backend_version(backend: str) -> str:
-    if backend == "onnxruntime":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    import nncf
-    import openvino
-
-    return f"openvino {openvino.__version__}, nncf {nncf.__version__}"
-
-
 class _Workspace:
     """The fp32 ONNX export and its layer map, made on first need (a fully cached run exports nothing)."""
 
@@ -253,30 +243,12 @@ def quantization_sensitivity(
         config: a :class:`QuantizationConfig` for ``method`` and ``per_channel`` (its backend, ``keep_fp32`` and
             ``max_delta`` are not used here).
     """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"quantization_sensitivity expects a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(calibration, CalibrationSet):
-        raise InputError("calibration must come from monai_prune.quantization.calibration_data(...)")
-    if len(calibration) == 0:
-        raise ConfigError("the calibration set is empty: the int8 activation ranges are measured on it")
-    if not callable(evaluate):
-        raise InputError(f"evaluate must be a callable evaluate(predictor) -> dict of metrics, got "
-                         f"{type(evaluate).__name__}")
-    if backend not in QUANT_BACKENDS:
-        raise ConfigError(f"backend must be one of {QUANT_BACKENDS} (one backend: its int8 is what is measured), "
-                          f"got {backend!r}")
-    if config is not None and (config.keep_fp32 or config.max_delta):
-        logger.info("quantization sensitivity ignores keep_fp32 and max_delta: one layer is quantized at a time")
-    config = QuantizationConfig(**{**(asdict(config) if config is not None else {}), "backend": backend,
-                                   "keep_fp32": [], "max_delta": {}})
-    config.validate()
-    if not quant_backend_available(backend):
-        raise BackendUnavailableError(f"backend {backend!r} is not installed: pip install 'monai-prune[openvino]'")
+    config = _checked(model, calibration, evaluate, backend, config)
     started = time.perf_counter()
     example = calibration.samples[0]
     store = ResultCache(cache)
     common = {"format": CACHE_FORMAT, "architecture": architecture_signature(model), "weights": weights_digest(model),
-              "input": list(calibration.shape), "backend": backend, "backend_version": _backend_version(backend),
+              "input": list(calibration.shape), "backend": backend, "backend_version": backend_version(backend),
               "calibration": calibration.sha256,
               "quantization": {"method": config.method, "per_channel": config.per_channel}}
     evaluate_id = evaluate_id or evaluation_id(evaluate)
@@ -308,22 +280,18 @@ def quantization_sensitivity(
             store.put(key, fp32)
 
         every = list(onnx_layers)
-        jobs = [(ALL_LAYERS, every)] + list(selected.items())
-        rows: List[Dict[str, Any]] = []
-        bar = tqdm(total=len(jobs), desc=f"int8 sensitivity ({backend}, one layer at a time)", disable=not progress,
-                   leave=False)
+
+        def job(name: str, nodes: Sequence[str]):
+            return (name, ResultCache.key(kind="quant_cell", evaluate=evaluate_id, layer=name, nodes=sorted(nodes),
+                                          **common),
+                    lambda: _measure_row(work, name, nodes, every, onnx_layers, fp32, measure))
+
         # ONNX Runtime's quantizer logs through the root logger; its per-call advice says nothing about the result
-        with bar, root_logging_for_others(drop=("Expected bias", "Please consider")):
-            for name, nodes in jobs:
-                bar.set_postfix_str(name)
-                key = ResultCache.key(kind="quant_cell", evaluate=evaluate_id, layer=name, nodes=sorted(nodes), **common)
-                row = store.get(key)
-                if row is None:
-                    row = _measure_row(work, name, nodes, every, onnx_layers, fp32, measure)
-                    store.put(key, row)
-                    logger.debug("int8 sensitivity %s: %s", name, row["delta"])
-                rows.append(row)
-                bar.update()
+        rows = measure_candidates(
+            store, [job(ALL_LAYERS, every)] + [job(name, nodes) for name, nodes in selected.items()],
+            f"int8 sensitivity ({backend}, one layer at a time)", progress,
+            root_logging_for_others(drop=("Expected bias", "Please consider")),
+            lambda name, row: logger.debug("int8 sensitivity %s: %s", name, row["delta"]))
     finally:
         work.close()
     logger.info("int8 sensitivity (%s): %d layers + the all-int8 model, %d evaluate calls (the rest from the cache)",
@@ -334,6 +302,31 @@ def quantization_sensitivity(
             "seconds": round(time.perf_counter() - started, 3)}
     return QuantSensitivityResult(fp32=fp32, layers=list(selected), table=rows[1:], all_int8=rows[0], backend=backend,
                                   info=info, evaluations=calls[0])
+
+
+def _checked(model: nn.Module, calibration: CalibrationSet, evaluate: EvaluatePredictor, backend: str,
+             config: Optional[QuantizationConfig]) -> QuantizationConfig:
+    """The arguments checked; the config to quantize with (``backend``'s, nothing kept fp32, no tolerances)."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"quantization_sensitivity expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(calibration, CalibrationSet):
+        raise InputError("calibration must come from monai_prune.quantization.calibration_data(...)")
+    if len(calibration) == 0:
+        raise ConfigError("the calibration set is empty: the int8 activation ranges are measured on it")
+    if not callable(evaluate):
+        raise InputError(f"evaluate must be a callable evaluate(predictor) -> dict of metrics, got "
+                         f"{type(evaluate).__name__}")
+    if backend not in QUANT_BACKENDS:
+        raise ConfigError(f"backend must be one of {QUANT_BACKENDS} (one backend: its int8 is what is measured), "
+                          f"got {backend!r}")
+    if config is not None and (config.keep_fp32 or config.max_delta):
+        logger.info("quantization sensitivity ignores keep_fp32 and max_delta: one layer is quantized at a time")
+    config = QuantizationConfig(**{**(asdict(config) if config is not None else {}), "backend": backend,
+                                   "keep_fp32": [], "max_delta": {}})
+    config.validate()
+    if not quant_backend_available(backend):
+        raise BackendUnavailableError(f"backend {backend!r} is not installed: pip install 'monai-prune[openvino]'")
+    return config
 
 
 def _select(layers: Optional[Sequence[str]], onnx_layers: Dict[str, str]) -> Dict[str, List[str]]:
