@@ -221,8 +221,8 @@ class _Stop(Exception):
 def test_search_drops_a_truncated_last_line_and_resumes(tmp_path, capsys, monkeypatch):
     """A run killed while writing a line leaves it cut short: the next run drops it (with a warning) and resumes.
     Training and measuring are stubbed out: the test stops where the resumed search starts measuring."""
+    import monai_prune.demo.search_frontend as workflow
     import monai_prune.search.measure as measure_stage
-    import monai_prune.search_workflow as workflow
 
     seen = {}
 
@@ -268,7 +268,7 @@ def test_search_arguments_are_refused_before_anything_is_written(tmp_path, capsy
 
 
 def test_search_refuses_a_log_from_another_setup_before_training(tmp_path, capsys, monkeypatch):
-    import monai_prune.search_workflow as workflow
+    import monai_prune.demo.search_frontend as workflow
 
     monkeypatch.setattr(workflow, "train_segmentation", lambda *a, **k: pytest.fail("trained before refusing"))
     out = tmp_path / "search"

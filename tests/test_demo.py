@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import monai_prune as mp
-import monai_prune.demo as demo
+import monai_prune.demo.int8 as demo_int8
 from monai_prune.demo import int8_step, quick_config, run_demo
 from monai_prune.errors import QuantizationError
 from monai_prune.report import write_demo_report
@@ -115,7 +115,7 @@ def test_a_refused_int8_is_recorded_and_reported_not_a_crash(quick_demo, monkeyp
     def refuse(*args, **kwargs):
         raise QuantizationError("no backend met the tolerances: onnxruntime: still over by {'dice': 0.1}")
 
-    monkeypatch.setattr(demo, "quantize", refuse)
+    monkeypatch.setattr(demo_int8, "quantize", refuse)
     items = [{"image": f, "label": f.replace(".nii.gz", "_seg.nii.gz")}
              for f in sorted(glob.glob(str(out / "data" / "*" / "ct_???.nii.gz")))]
     volume = torch.rand(1, 1, *config.bench_roi)
