@@ -1,12 +1,16 @@
 """Fixtures only (helpers with public names live in ``tests/helpers/``)."""
 
 import logging
+import os
 import warnings
 
 import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=UserWarning)
+# NNCF compiles its CPU extension on first use in a new environment (a fresh clone's .venv) and gives up after 60 s
+# by default, which a busy 2-core machine can exceed: the QAT tests would fail on the build, not on our code
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 logging.getLogger("monai_prune").setLevel(logging.INFO)
 
 

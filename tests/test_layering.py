@@ -1,6 +1,6 @@
 """The package's layering, read from the source (every import, those inside functions too): no import cycle between
 first-party modules, the leaves (``_io``, ``_markdown``, ``_plotting``, ``errors``) import nothing first-party, and
-no module imports another module's private (``_``-prefixed) name."""
+no module imports another module's private (``_``-prefixed) name, and none is over 400 lines."""
 
 import ast
 import os
@@ -113,6 +113,20 @@ def test_the_cycle_check_finds_a_cycle_through_an_import_inside_a_function():
 @pytest.mark.parametrize("leaf", LEAVES)
 def test_leaves_import_nothing_first_party(leaf):
     assert _imports(leaf) == []
+
+
+MAX_LINES = 400
+
+
+def test_no_module_is_over_400_lines():
+    """The redesign's size bound: a module holds one concern (split a module that grows past it)."""
+    long = {}
+    for module, path in MODULES.items():
+        with open(path) as f:
+            lines = sum(1 for _ in f)
+        if lines > MAX_LINES:
+            long[module] = lines
+    assert long == {}
 
 
 def test_no_private_name_crosses_modules():
