@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from .._io import json_safe
 from ..errors import InputError, MonaiPruneError
 from .card_compression import card_fields
-from .card_markdown import METRIC_LABELS, card_markdown
+from .card_markdown import METRIC_LABELS, card_markdown, metric_label
 from .guardrails import GUARDRAIL_KEYS, check_guardrails
 from .label_modes import LABEL_MODES
 
@@ -227,6 +227,9 @@ class FidelityCard:
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+    def _metric_label(self, metric: str) -> str:
+        return metric_label(metric, self.units)
 
 
 def _plain(x: Any) -> Any:
