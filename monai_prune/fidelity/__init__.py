@@ -19,9 +19,11 @@ budgets into refusals, and :func:`backend_agreement` compares the same model acr
 :class:`FidelityCard` puts all of it in one object (JSON + Markdown) whose first line says PASS, DEGRADED or
 UNGUARDED and names the class that lost most.
 
-The package: :mod:`.metrics` (measuring: :class:`PerClassMetrics`, label modes, calibration, worst cases),
+The package: :mod:`.metrics` (measuring: :class:`PerClassMetrics`, the one :func:`dice` with its explicit
+empty-class rule, calibration, worst cases), :mod:`.label_modes` (multi-class or multi-label, and their masks),
 :mod:`.compare` (before/after per class), :mod:`.guardrails`, :mod:`.agreement` (across runtimes and models) and
-:mod:`.card` (:class:`FidelityCard`). Every public name is importable from ``monai_prune.fidelity``.
+:mod:`.card` (:class:`FidelityCard`; its Markdown in :mod:`.card_markdown`, built from a compression section by
+:mod:`.card_compression`). Every public name is importable from ``monai_prune.fidelity``.
 """
 
 from .._io import json_safe
@@ -30,11 +32,11 @@ from .agreement import (agreement_note, agreement_value, backend_agreement, dice
 from .card import CARD_FORMAT, CARD_VERSION, FidelityCard
 from .compare import compare_per_class
 from .guardrails import GUARDRAIL_KEYS, check_guardrails, validate_guardrails
-from .metrics import (BACKGROUND_NAMES, LABEL_MODES, PerClassMetrics, class_names, detect_label_mode,
-                      expected_calibration_error, label_mode_from_bundle, worst_cases)
+from .metrics import (BACKGROUND_NAMES, LABEL_MODES, PerClassMetrics, class_names, detect_label_mode, dice,
+                      dice_from_counts, expected_calibration_error, label_mode_from_bundle, worst_cases)
 
 __all__ = ["json_safe", "agreement_note", "agreement_value", "backend_agreement", "dice_counts", "mask_dice_counts",
            "pooled_dice", "prediction_agreement", "CARD_FORMAT", "CARD_VERSION", "FidelityCard", "compare_per_class",
            "GUARDRAIL_KEYS", "check_guardrails", "validate_guardrails", "BACKGROUND_NAMES", "LABEL_MODES",
-           "PerClassMetrics", "class_names", "detect_label_mode", "expected_calibration_error",
-           "label_mode_from_bundle", "worst_cases"]
+           "PerClassMetrics", "class_names", "detect_label_mode", "dice", "dice_from_counts",
+           "expected_calibration_error", "label_mode_from_bundle", "worst_cases"]

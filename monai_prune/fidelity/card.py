@@ -1,4 +1,8 @@
-"""The fidelity card: what a compressed model lost and gained, class by class, in one object (JSON + Markdown)."""
+"""The fidelity card: what a compressed model lost and gained, class by class, in one object (JSON + Markdown).
+
+The data model, its verdict and its JSON are here; the Markdown is rendered by :mod:`.card_markdown`, and a card is
+built from a ``compress-bundle`` compression section by :mod:`.card_compression`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional
 
 from .._io import json_safe
-from .._markdown import markdown_table
 from ..errors import InputError, MonaiPruneError
-from .agreement import agreement_note, agreement_value
+from .card_compression import card_fields
+from .card_markdown import METRIC_LABELS, card_markdown, metric_label
 from .guardrails import GUARDRAIL_KEYS, check_guardrails
-from .metrics import LABEL_MODES
+from .label_modes import LABEL_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +27,6 @@ CARD_FORMAT = "monai-prune fidelity card"
 CARD_VERSION = 1
 # the metrics a card's headline judges classes by (the worst change among them), by task
 _PRIMARY = {"segmentation": ("dice",), "classification": ("sensitivity", "auc")}
-_METRIC_LABELS = {"dice": "Dice", "auc": "AUC", "sensitivity": "sensitivity", "volume_error_pct": "volume error (%)"}
-_SUMMARY_LABELS = {"ece": "expected calibration error (lower is better)", "accuracy": "accuracy"}
 
 
 @dataclass
@@ -129,7 +131,7 @@ class FidelityCard:
         worst = self.worst_class()
         if worst is None:
             return "no per-class metric defined before compression"
-        label = _METRIC_LABELS.get(worst["metric"], worst["metric"])
+        label = METRIC_LABELS.get(worst["metric"], worst["metric"])
         if worst["delta"] is None:
             return (f"worst class {worst['class']!r}: {label} {worst['before']:.4f} -> undefined after compression")
         return (f"worst class Δ {label} {worst['delta']:+.4f} ({worst['class']}: {worst['before']:.4f} -> "
@@ -213,61 +215,7 @@ class FidelityCard:
     def from_compression(cls, compression: Mapping[str, Any], title: Optional[str] = None) -> "FidelityCard":
         """A card from the ``compression`` section ``compress-bundle`` writes to ``configs/metadata.json`` (also
         from bundles written before cards existed; a whole ``metadata.json`` is accepted too)."""
-        if not isinstance(compression, Mapping):
-            raise InputError("compression must be the metadata's compression section, got "
-                             f"{type(compression).__name__}")
-        if "per_class" not in compression and isinstance(compression.get("compression"), Mapping):
-            compression = compression["compression"]  # a whole metadata.json
-        if "per_class" not in compression:
-            raise InputError("no per_class measurements in this compression section (keys "
-                             f"{sorted(compression)}): it was not written by monai-prune compress-bundle")
-        per_class = compression["per_class"]
-        task = compression.get("task") or ("segmentation" if any("dice" in m for m in per_class.values())
-                                            else "classification")
-        summary = {k: {"before": v.get("before"), "after": v.get("after")}
-                   for k, v in (compression.get("metrics") or {}).items()}
-        if compression.get("ece"):
-            summary["ece"] = {"before": compression["ece"].get("before"), "after": compression["ece"].get("after")}
-        guard = compression.get("guardrails") or {}
-        recipe = compression.get("recipe")
-        notes = []
-        if recipe:
-            notes.append(f"made by monai-prune compress-bundle with the recipe {recipe!r}"
-                         + (f", {compression['epochs']} fine-tuning epochs" if compression.get("epochs") else "")
-                         + (f", plan checksum {compression['plan_checksum']}" if compression.get("plan_checksum")
-                            else "") + ".")
-        label_mode = compression.get("label_mode") or (compression.get("agreement_vs_dense") or {}).get("label_mode")
-        how = ("multi-label segmentation: every output channel is its own class, Dice per channel on its binary "
-               "mask (channels may overlap), averaged over cases" if label_mode == "multi_label"
-               else "segmentation: Dice per class averaged over cases")
-        notes.append("before = the source bundle's dense model, after = the compressed model; both measured by the "
-                     "source bundle's own validation evaluator (its data, inferer and postprocessing), per-class "
-                     f"values by monai-prune from the same outputs ({how}; "
-                     "classification: sensitivity and one-vs-rest AUC per class; n/a where undefined, e.g. a class "
-                     "absent from the data). Check them on your own held-out data before clinical use.")
-        if compression.get("agreement_vs_dense"):
-            notes.append(agreement_note(compression["agreement_vs_dense"], "validation input(s) through the bundle's "
-                                                                           "inferer"))
-        for backend, v in (compression.get("backend_agreement") or {}).items():
-            if "error" in v:
-                notes.append(f"{backend} cannot run this model and was skipped ({v['error'][:160]}): serve it on "
-                             "another runtime.")
-        int8 = compression.get("int8")
-        if int8:
-            notes.append(f"int8 artifact models/{int8.get('file')} ({int8.get('backend')}): argmax agreement with the "
-                         f"compressed fp32 model {_fmt4(int8.get('agreement_vs_fp32'))}; the per-class values above "
-                         "are of the fp32 model.")
-        return cls(title=title or f"monai-prune compression ({recipe or 'unknown recipe'})", task=task,
-                   per_class=per_class, summary=summary, units=dict(compression.get("units") or {}),
-                   latency_s=_timed(compression.get("latency_s"), "the bundle's inferer"),
-                   network_latency_s=_timed(compression.get("network_latency_s"), "one network call"),
-                   macs=_before_after(compression.get("macs")), params=_before_after(compression.get("params")),
-                   size_bytes=_before_after(compression.get("size_bytes")),
-                   backend_agreement=compression.get("backend_agreement") or None,
-                   worst_cases=list(compression.get("worst_cases") or []), guardrails=dict(guard.get("declared") or {}),
-                   broken=list(guard.get("broken") or []), allowed_degraded=bool(guard.get("allowed_degraded")),
-                   cases=compression.get("validation_cases"), notes=notes,
-                   label_mode=label_mode if task == "segmentation" else None)
+        return cls(**card_fields(compression, title))
 
     # ------------------------------------------------------------------------------------------------ Markdown
     def to_markdown(self, heading_level: int = 2) -> str:
@@ -275,83 +223,13 @@ class FidelityCard:
         every metric measured, whole-model metrics, cost (parameters, MACs, size, latency with ratios), backend
         agreement, worst cases, each guardrail held or broken, and the notes. ``heading_level`` sets the section
         headings (``3`` to embed the card under a ``##`` section)."""
-        h = "#" * heading_level
-        lines = [f"**{self.headline()}**", "",
-                 f"{self.title}: {self.task}"
-                 + (" (multi-label: every output channel is its own class, channels may overlap)"
-                    if self.label_mode == "multi_label" else "")
-                 + (f", {self.cases} validation case{'s' if self.cases != 1 else ''}" if self.cases is not None else "")
-                 + ". Before = dense, after = compressed; Δ = after - before.", ""]
-        rows = [[name, self._metric_label(metric), _fmt4(v.get("before")), _fmt4(v.get("after")),
-                 _fmt4(_delta(v), "{:+.4f}")]
-                for name, metrics in self.per_class.items() for metric, v in metrics.items()]
-        lines += [f"{h} Per class", ""]
-        lines += [markdown_table(["class", "metric", "before", "after", "Δ"], rows) if rows
-                  else "No per-class metrics were measured.", ""]
-        if self.summary:
-            rows = [[_SUMMARY_LABELS.get(k, k), _fmt4(v.get("before")), _fmt4(v.get("after")),
-                     _fmt4(_delta(v), "{:+.4f}")] for k, v in self.summary.items()]
-            lines += [f"{h} Whole model", "", markdown_table(["metric", "before", "after", "Δ"], rows), ""]
-        cost = []
-        if self.params:
-            cost.append(["parameters", *_pair(self.params, "{:,.0f}")])
-        if self.macs:
-            cost.append(["MACs per input", *_pair(self.macs, *_prefixed(self.macs, ""))])
-        if self.size_bytes:
-            cost.append(["weights size", *_pair(self.size_bytes, *_prefixed(self.size_bytes, "B"))])
-        for timed in (self.latency_s, self.network_latency_s):
-            if timed:
-                row = [f"latency: {timed.get('what', 'unspecified')}", *_pair(timed, "{:.4f} s")]
-                speedup = _ratio(timed.get("before"), timed.get("after"))
-                if speedup is not None:
-                    row[-1] += f" ({speedup:.2f}x faster)"
-                cost.append(row)
-        if cost:
-            lines += [f"{h} Cost", "", markdown_table(["", "before", "after", "after / before"], cost), ""]
-        if self.pipeline_s:
-            lines += [f"{h} End to end: {self.pipeline_s.get('what', 'the deployed pipeline')}", "",
-                      markdown_table(["seconds", "before (dense)", "after (compressed)", "after / before", "speed-up"],
-                                     _pipeline_rows(self.pipeline_s)), ""]
-        if self.backend_agreement:
-            rows = [[backend, "**cannot run this model**", "—", v["error"]] if "error" in v else
-                    [backend, _fmt4(agreement_value(v), "{:.5f}"), _fmt4(v.get("max_abs_diff"), "{:.2g}"),
-                     ", ".join(f"{c}: {_fmt4(d)}" for c, d in (v.get("dice_vs_torch") or {}).items()) or "n/a"]
-                    for backend, v in self.backend_agreement.items()]
-            masks = any(v.get("label_mode") == "multi_label" for v in self.backend_agreement.values())
-            agreement = "channel mask agreement" if masks else "argmax agreement"
-            lines += [f"{h} Runtimes vs PyTorch (the compressed model)", "",
-                      markdown_table(["runtime", agreement, "max abs diff", "Dice vs torch by channel"], rows), ""]
-        if self.worst_cases:
-            rows = [[w.get("case"), _fmt4(w.get("dice_before")), _fmt4(w.get("dice_after")), _fmt4(w.get("drop"))]
-                    for w in self.worst_cases]
-            lines += [f"{h} Worst validation cases (by position in the validation list)", "",
-                      markdown_table(["case", "mean foreground Dice before", "after", "drop"], rows), ""]
-        lines += [f"{h} Guardrails", ""]
-        if self.guardrails:
-            rows = []
-            for r in self.guardrail_results():
-                verdict = {True: "held", False: "broken", None: "not re-checked"}[r["held"]]
-                detail = "; ".join(r["broken"]) if r["broken"] else (r["error"] or "")
-                rows.append([r["guardrail"], json.dumps(r["limit"]), verdict, r["meaning"], detail])
-            lines += [markdown_table(["guardrail", "limit", "result", "meaning", "detail"], rows), ""]
-            if self.broken and self.allowed_degraded:
-                lines += ["Written only because of --allow-degraded.", ""]
-        else:
-            lines += ["None declared (a recipe's `guardrails` section, or `--set guardrails#<name>=<limit>`, declares "
-                      "per-class floors and budgets that compress-bundle then enforces).", ""]
-        if self.notes:
-            lines += [f"{h} Notes", ""] + [f"- {note}" for note in self.notes] + [""]
-        return "\n".join(lines)
+        return card_markdown(self, heading_level)
 
     def __str__(self) -> str:
         return self.to_markdown()
 
     def _metric_label(self, metric: str) -> str:
-        if metric == "hd95":
-            return f"HD95 ({self.units.get('hd95', 'mm')})"
-        if metric == "volume_error_ml":
-            return f"volume error ({self.units.get('volume', 'ml')})"
-        return _METRIC_LABELS.get(metric, metric)
+        return metric_label(metric, self.units)
 
 
 def _plain(x: Any) -> Any:
@@ -366,64 +244,3 @@ def _plain(x: Any) -> Any:
         return x.item() if hasattr(x, "item") else float(x)  # a 0-d tensor, a numpy scalar
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"a fidelity card holds JSON values only, got {type(x).__name__}: {x!r}") from None
-
-
-def _fmt4(value: Optional[float], spec: str = "{:.4f}") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else spec.format(value)
-
-
-def _delta(v: Mapping[str, Any]) -> Optional[float]:
-    if v.get("delta") is not None:
-        return v["delta"]
-    before, after = v.get("before"), v.get("after")
-    return None if before is None or after is None else after - before
-
-
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return a / b if a is not None and b else None
-
-
-def _pipeline_rows(pipeline: Mapping[str, Any]) -> List[List[str]]:
-    """End to end, first study, then each stage: before, after, after / before, speed-up."""
-    timed = [("end to end (steady state)", pipeline.get("end_to_end")), ("first study", pipeline.get("first_study"))]
-    timed += [(f"stage: {name}", v) for name, v in (pipeline.get("stages") or {}).items()]
-    rows = []
-    for label, v in timed:
-        if v:
-            speedup = _ratio(v.get("before"), v.get("after"))
-            rows.append([label, *_pair(v, "{:.2f}"), "n/a" if speedup is None else f"{speedup:.2f}x"])
-    return rows
-
-
-def _pair(v: Mapping[str, Any], spec: str, scale: float = 1.0) -> List[str]:
-    """before, after, after / before of a ``{"before", "after"}`` quantity."""
-    before, after = v.get("before"), v.get("after")
-    ratio = _ratio(after, before)
-    return [_fmt4(None if before is None else before / scale, spec),
-            _fmt4(None if after is None else after / scale, spec), _fmt4(ratio, "{:.3f}")]
-
-
-def _prefixed(v: Mapping[str, Any], unit: str) -> tuple:
-    """A format and scale for a ``{"before", "after"}`` count: G/M/k by the larger of the two."""
-    largest = max(abs(x) for x in (v.get("before") or 0, v.get("after") or 0))
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if largest >= scale:
-            return "{:.3f} " + prefix + unit, scale
-    return "{:,.0f}" + (" " + unit if unit else ""), 1.0
-
-
-def _before_after(v: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
-    return None if not v else {"before": v.get("before"), "after": v.get("after")}
-
-
-def _timed(v: Optional[Mapping[str, Any]], default: str) -> Optional[Dict[str, Any]]:
-    """``{"before", "after", "what"}`` from a compression section's timing (``what`` + inferer, device, input)."""
-    if not v:
-        return None
-    what = str(v.get("what") or default)
-    details = [str(v[k]) for k in ("inferer", "device") if v.get(k)]
-    if v.get("input_shape"):
-        details.append(f"input {tuple(v['input_shape'])}")
-    if details:
-        what = f"{what[:-1]}; {', '.join(details)})" if what.endswith(")") else f"{what} ({', '.join(details)})"
-    return {"before": v.get("before"), "after": v.get("after"), "what": what}

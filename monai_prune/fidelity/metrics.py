@@ -9,8 +9,13 @@ Segmentation outputs come in two kinds, the *label mode*:
   ``ConvertToMultiChannelBasedOnBratsClassesd``): Dice, HD95 and volumes per channel on the binary masks.
 
 The mode is given (``PerClassMetrics(label_mode=...)`` or ``multi_label=True``, or read from a bundle with
-:func:`label_mode_from_bundle`) or decided from the data (:func:`detect_label_mode`). For a discretized one-hot
-prediction both modes give the same numbers, so the data only has to tell them apart where it can.
+:func:`label_mode_from_bundle`) or decided from the data (:func:`detect_label_mode`); both live in
+:mod:`.label_modes` and are importable from here. For a discretized one-hot prediction both modes give the same
+numbers, so the data only has to tell them apart where it can.
+
+:func:`dice` is the one Dice of monai_prune, with an explicit rule for a class absent from both masks (``empty=``):
+per-case Dice here leaves such a class out (``empty=math.nan``), agreement between two label maps counts it as
+agreeing (``empty=1.0``).
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ import logging
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+from .label_modes import (LABEL_MODES, as_index, binary_masks, detect_label_mode, is_binary,  # noqa: F401
+                          label_mode_from_bundle, resolve_label_mode)
 
 logger = logging.getLogger(__name__)
 
 BACKGROUND_NAMES = ("background", "bg", "_background_")
-LABEL_MODES = ("multi_class", "multi_label")
 
 
 def class_names(channel_def: Optional[Mapping[Any, Any]], classes: int) -> List[str]:
@@ -35,151 +42,46 @@ def class_names(channel_def: Optional[Mapping[Any, Any]], classes: int) -> List[
     return [channel_def.get(c, f"class_{c}") for c in range(classes)]
 
 
-# ---------------------------------------------------------------------------------------------------- label mode
-def _resolve_mode(label_mode: Optional[str], multi_label: Optional[bool]) -> str:
-    """``"auto"``, ``"multi_class"`` or ``"multi_label"`` from the two ways of saying it."""
-    mode = "auto" if label_mode in (None, "auto") else label_mode
-    if mode not in ("auto", *LABEL_MODES):
-        raise InputError(f"label_mode must be 'auto', 'multi_class' or 'multi_label', got {label_mode!r}")
-    if multi_label is not None:
-        wanted = "multi_label" if multi_label else "multi_class"
-        if mode not in ("auto", wanted):
-            raise InputError(f"multi_label={multi_label} contradicts label_mode={label_mode!r}: give one of them")
-        mode = wanted
-    return mode
 
-
-def _is_binary(x: torch.Tensor) -> bool:
-    return x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all())
-
-
-def _not_one_hot(x: torch.Tensor) -> bool:
-    """A binary multi-channel map some voxel of which is in no channel or in several: channels that overlap."""
-    return x.shape[0] > 1 and _is_binary(x) and bool((x.sum(0, dtype=torch.int32) != 1).any())
-
-
-def detect_label_mode(pred: torch.Tensor, label: torch.Tensor) -> str:
-    """The label mode of one channel-first segmentation sample, decided from the data.
-
-    ``"multi_label"`` when the label has as many channels as the prediction and either of them is a binary map
-    that is not one-hot (a voxel in no channel, or in several: overlapping channels); ``"multi_class"`` otherwise
-    (a one-channel label map, a one-hot that sums to 1, softmax probabilities, logits).
-    """
-    pred, label = torch.as_tensor(pred), torch.as_tensor(label)
-    if pred.shape[0] > 1 and label.shape[0] == pred.shape[0] and (_not_one_hot(pred) or _not_one_hot(label)):
-        return "multi_label"
-    return "multi_class"
-
-
-def _pred_format(metadata: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
-    if not isinstance(metadata, Mapping):
-        return {}
-    if "network_data_format" in metadata:  # a whole metadata.json
-        metadata = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {})
-    return metadata if isinstance(metadata, Mapping) else {}
-
-
-def _flag(value: Any) -> bool:
-    """A transform argument that is true for the first key (``True``, ``[True, ...]``, ``"$True"``)."""
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else False
-    if isinstance(value, str):
-        return value.strip().lstrip("$").lower() == "true"
-    return value is True
-
-
-def _transforms(postprocessing: Any) -> List[Any]:
-    """The transforms of a postprocessing ``Compose`` (instantiated or a raw bundle config), flattened."""
-    if postprocessing is None:
-        return []
-    if isinstance(postprocessing, Mapping):
-        if "transforms" in postprocessing:
-            return _transforms(postprocessing["transforms"])
-        return [postprocessing]
-    if isinstance(postprocessing, (list, tuple)):
-        return [t for item in postprocessing for t in _transforms(item)]
-    inner = getattr(postprocessing, "transforms", None)
-    return _transforms(list(inner)) if isinstance(inner, (list, tuple)) else [postprocessing]
-
-
-def label_mode_from_bundle(metadata: Optional[Mapping[str, Any]] = None, postprocessing: Any = None,
-                           key: str = "pred") -> Optional[str]:
-    """The label mode a bundle declares, or None when it does not say (then :class:`PerClassMetrics` decides from
-    the data).
+# ---------------------------------------------------------------------------------------------------- Dice
+def dice(pred: Any, ref: Any, *, empty: float, label: Any = None) -> float:
+    """Dice overlap ``2 |P ∩ R| / (|P| + |R|)`` of two masks of one shape: the one Dice of monai_prune.
 
     Args:
-        metadata: ``network_data_format.outputs.pred`` of ``configs/metadata.json`` (or the whole metadata). An
-            explicit ``"label_mode"`` (``"multi_class"``/``"multi_label"``) or ``"multi_label": true|false`` there
-            decides. The model zoo's own keys (``channel_def``, ``num_channels``, ``is_onehot``) do not say whether
-            channels are exclusive, so they are not used for this.
-        postprocessing: the bundle's validation postprocessing, a ``Compose`` or its raw config
-            (``{"_target_": "Compose", "transforms": [...]}``): ``Activations(d)`` with ``sigmoid`` on ``key`` means
-            ``"multi_label"`` (BraTS), ``softmax`` or ``AsDiscrete(d)`` with ``argmax`` means ``"multi_class"``.
-        key: the prediction's key in the postprocessing transforms.
+        pred, ref: masks (numpy arrays or torch tensors, bool or numeric: nonzero is in the mask), or label maps
+            with ``label`` given. Any leading (batch) dimensions are pooled: one Dice over all voxels. Call it once
+            per class for per-class values, once per sample for per-sample values.
+        empty: the empty-class rule, stated by every caller: what a class absent from both masks scores. ``1.0``:
+            the two agree that it is absent (agreement between two models' label maps); ``math.nan``: not counted
+            (left out of a nan-aware mean: per-case Dice against labels). One mask empty and the other not scores
+            0.0 whatever the rule.
+        label: compare ``pred == label`` with ``ref == label`` (label maps of class indices) instead.
     """
-    pred_format = _pred_format(metadata)
-    declared = pred_format.get("label_mode")
-    if declared is not None:
-        return _resolve_mode(declared, None) if declared != "auto" else None
-    if isinstance(pred_format.get("multi_label"), bool):
-        return "multi_label" if pred_format["multi_label"] else "multi_class"
-    sigmoid = exclusive = False
-    for t in _transforms(postprocessing):
-        if isinstance(t, Mapping):
-            name = str(t.get("_target_", "")).rsplit(".", 1)[-1]
-            keys, get = t.get("keys", key), t.get
-        else:
-            name = type(t).__name__
-            keys, get = getattr(t, "keys", key), lambda a, default=None, t=t: getattr(t, a, default)
-        keys = [keys] if isinstance(keys, str) else list(keys or [])
-        if key not in keys:
-            continue
-        position = keys.index(key)
-
-        def on(arg: str) -> bool:
-            value = get(arg, False)
-            if isinstance(value, (list, tuple)) and len(value) == len(keys):
-                value = value[position]
-            return _flag(value)
-
-        if name in ("Activationsd", "Activations"):
-            sigmoid |= on("sigmoid")
-            exclusive |= on("softmax")
-        elif name in ("AsDiscreted", "AsDiscrete"):
-            exclusive |= on("argmax")
-    if exclusive:
-        return "multi_class"
-    return "multi_label" if sigmoid else None
+    a, b = _mask(pred, label), _mask(ref, label)
+    if tuple(a.shape) != tuple(b.shape):
+        raise InputError(f"dice needs two masks of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):  # one numpy, one torch: compare as torch
+        b = torch.as_tensor(b, device=a.device)
+    elif isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(a, device=b.device)
+    return dice_from_counts(int((a & b).sum()), int(a.sum()) + int(b.sum()), empty=empty)
 
 
-# ---------------------------------------------------------------------------------------------------- masks
-def _as_index(x: torch.Tensor, classes: int) -> torch.Tensor:
-    """A channel-first map (one-hot, probabilities or logits with ``classes`` channels, or one channel of class
-    indices), bool or numeric, as a map of class indices without the channel dimension."""
-    if x.shape[0] == classes and classes > 1:
-        return (x.to(torch.uint8) if x.dtype == torch.bool else x).argmax(0)  # argmax has no bool kernel
-    if x.shape[0] == 1:
-        x = x.float()
-        return x[0].round().long() if classes > 1 else (x[0] > 0.5).long()
-    raise InputError(f"cannot compare a {tuple(x.shape)} map with a {classes}-class prediction")
+def dice_from_counts(intersection: float, size_sum: float, *, empty: float) -> float:
+    """:func:`dice` from counts (e.g. pooled over cases): ``2 * intersection / size_sum``, ``empty`` when
+    ``size_sum`` is 0 (the class is absent from both)."""
+    if isinstance(empty, bool) or not isinstance(empty, (int, float)):
+        raise InputError(f"empty must be the score of a class absent from both masks (e.g. 1.0, or math.nan: not "
+                         f"counted), got {empty!r}")
+    return 2.0 * intersection / size_sum if size_sum else float(empty)
 
 
-def _binary_masks(x: torch.Tensor, channels: int, what: str, threshold: float) -> torch.Tensor:
-    """Multi-label: a ``(channels, *spatial)`` map as boolean masks (bool as is, probabilities > ``threshold``)."""
-    if x.shape[0] != channels:
-        raise InputError(f"a multi-label prediction has {channels} channels, each its own binary mask, but the "
-                         f"{what} is {tuple(x.shape)}: give a {channels}-channel {what} of binary masks (e.g. from "
-                         "ConvertToMultiChannelBasedOnBratsClassesd), or label_mode='multi_class' for exclusive "
-                         "classes")
-    if x.dtype == torch.bool:
-        return x
-    if what == "label" and not _is_binary(x):
-        raise InputError(f"a multi-label label must hold binary masks (0/1 or bool), got values in "
-                         f"[{float(x.min()):g}, {float(x.max()):g}]")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise InputError(f"a multi-label {what} must be probabilities in [0, 1] or binary masks (the bundle's "
-                         f"postprocessing applies the sigmoid), got values in [{float(x.min()):g}, {float(x.max()):g}]")
-    return x > threshold
+def _mask(x: Any, label: Any) -> Any:
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+    if label is not None:
+        return x == label
+    return x.bool() if isinstance(x, torch.Tensor) else x.astype(bool)
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -203,7 +105,7 @@ class PerClassMetrics:
                  threshold: float = 0.5) -> None:
         self.names = list(names) if names is not None else None
         self.skip = {s.lower() for s in skip}
-        self.requested_mode = _resolve_mode(label_mode, multi_label)
+        self.requested_mode = resolve_label_mode(label_mode, multi_label)
         self.label_mode: Optional[str] = None if self.requested_mode == "auto" else self.requested_mode
         self.threshold = float(threshold)
         self.task: Optional[str] = None
@@ -254,14 +156,14 @@ class PerClassMetrics:
             if multi_label:
                 classes = int(pred.shape[0])
                 self._names(classes)
-                p = _binary_masks(pred, classes, "prediction", self.threshold)
-                t = _binary_masks(label, classes, "label", self.threshold)
+                p = binary_masks(pred, classes, "prediction", self.threshold)
+                t = binary_masks(label, classes, "label", self.threshold)
             else:
                 classes = int(pred.shape[0]) if pred.shape[0] > 1 else max(2, len(self.names or ()))
                 self._names(classes)
-                if pred.shape[0] > 1 and not _is_binary(pred):
+                if pred.shape[0] > 1 and not is_binary(pred):
                     self._soft_argmax += 1
-                p, t = _as_index(pred, classes), _as_index(label, classes)
+                p, t = as_index(pred, classes), as_index(label, classes)
             if p.shape != t.shape:
                 raise InputError(f"prediction {tuple(pred.shape[1:])} and label {tuple(label.shape[1:])} differ in "
                                  "spatial shape")
@@ -271,8 +173,7 @@ class PerClassMetrics:
             row, distances, volumes = [], [], []
             for c in range(classes):
                 a, b = (p[c], t[c]) if multi_label else (p == c, t == c)
-                total = int(a.sum() + b.sum())
-                row.append(2.0 * int((a & b).sum()) / total if total else math.nan)
+                row.append(dice(a, b, empty=math.nan))  # a class absent from both is not counted
                 distances.append(_hd95(a, b, spacing))
                 volumes.append((int(a.sum()) * voxel_ml, int(b.sum()) * voxel_ml))
             self.dice.append(row)

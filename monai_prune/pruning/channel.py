@@ -4,15 +4,17 @@ torch-pruning's DepGraph finds the coupled layers and removes channels; this mod
 needs around it: the fixes in :mod:`.monai_fixes`, input validation with clear errors, a target search over the
 ratio, a forward-pass check after pruning, and a :class:`~.plan.PruningPlan` recording what was removed.
 The caller's model is never modified: a deep copy is pruned.
+
+The configuration and importance criteria are in :mod:`.channel_config`, the checks around a run (input, dense
+output, the first failing layer) in :mod:`.forward_checks`; the DepGraph tracing and the channel surgery are here.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import numbers
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,8 +26,9 @@ from ..errors import ConfigError, InputError, PruningError
 from ..layers import PRUNABLE_TYPES
 from ..measure import count_macs, count_params
 from ..importance import gradients_from_scores
-from ..sparsity import check_fraction
 from ..utils import run_forward
+from .channel_config import IMPORTANCE_CRITERIA, ChannelPruningConfig, make_importance, pruning_config  # noqa: F401
+from .forward_checks import check_dense_output, check_example_input, resolve_names, run_and_locate_failure
 from .monai_fixes import (
     ChannelCountingPReLUPruner,
     FrozenBlockPruner,
@@ -39,7 +42,6 @@ from .monai_fixes import (
 from .zoo_support import (
     bounded_group_search,
     changed_outputs,
-    output_tensors,
     output_widths,
     remember_input_widths,
     spatial_index_mappings,
@@ -49,178 +51,6 @@ from .zoo_support import (
 from .plan import PruningPlan, architecture_signature, state_shapes
 
 logger = logging.getLogger(__name__)
-
-IMPORTANCE_CRITERIA = ("l1", "l2", "taylor", "bn_scale", "random")
-
-
-@dataclass
-class ChannelPruningConfig:
-    """How to prune channels.
-
-    Args:
-        ratio: fraction of channels to remove in each prunable group, in [0, 1).
-        target_macs: alternatively, the MACs to keep as a fraction of the original (0, 1); the ratio is searched.
-        target_params: likewise for the parameter count.
-        importance: ``"l1"``/``"l2"`` weight magnitude, ``"taylor"`` (|w * dL/dw| over a few batches, needs
-            ``batches`` and ``loss_fn``), ``"bn_scale"`` (|gamma| of the normalisation layers), ``"random"``.
-        round_to: keep channel counts a multiple of this (e.g. 8 for SIMD kernels).
-        layer_ratios: per-layer overrides ``{layer_name: ratio}`` (the ratio of the group that layer roots).
-        ignore: names of layers (or whole blocks) never to prune, in addition to the detected output head.
-        global_pruning: rank channels across all groups instead of the same ratio in each.
-        max_layer_ratio: never remove more than this fraction of one group (caps global pruning and the target
-            search; torch-pruning skips groups asked for more).
-        seed: seed for ``"random"`` importance and any tie-break.
-    """
-
-    ratio: Optional[float] = None
-    target_macs: Optional[float] = None
-    target_params: Optional[float] = None
-    importance: str = "l1"
-    round_to: Optional[int] = None
-    layer_ratios: Dict[str, float] = field(default_factory=dict)
-    ignore: List[str] = field(default_factory=list)
-    global_pruning: bool = False
-    max_layer_ratio: float = 0.9
-    seed: int = 0
-
-    def validate(self) -> None:
-        given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ConfigError("give exactly one of ratio (fraction of channels removed per group, in [0, 1)), "
-                              f"target_macs or target_params (fraction of the original to keep, in (0, 1)); got "
-                              f"{given or 'none'}")
-        if self.ratio is not None:
-            check_fraction("ratio", self.ratio, "fraction of channels removed per group")
-        for key in ("target_macs", "target_params"):
-            value = getattr(self, key)
-            if value is not None and _is_number(value) and value >= 1:
-                raise ConfigError(f"{key} must be in (0, 1) (the fraction of the original to keep), got {value}; a "
-                                  "target at or above the model's own size needs no pruning")
-            if value is not None:
-                check_fraction(key, value, "the fraction of the original to keep", low_closed=False)
-        if not isinstance(self.importance, str) or self.importance not in IMPORTANCE_CRITERIA:
-            raise ConfigError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
-        if self.round_to is not None and not (_is_integer(self.round_to) and self.round_to >= 1):
-            raise ConfigError(f"round_to must be a positive integer (e.g. 8), got {self.round_to!r}")
-        if not isinstance(self.layer_ratios, dict):
-            raise ConfigError(f"layer_ratios must be a dict {{layer name: ratio in [0, 1)}}, got a "
-                              f"{type(self.layer_ratios).__name__}")
-        for name, r in self.layer_ratios.items():
-            check_fraction(f"layer_ratios[{name!r}]", r, "fraction of that group's channels removed")
-        if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(n, str) for n in self.ignore):
-            example = f"; write ignore=[{self.ignore!r}]" if isinstance(self.ignore, str) else ""
-            raise ConfigError(f"ignore must be a list of layer names, got {self.ignore!r}{example}")
-        if not isinstance(self.global_pruning, (bool, np.bool_)):
-            raise ConfigError(f"global_pruning must be True or False, got {self.global_pruning!r}")
-        check_fraction("max_layer_ratio", self.max_layer_ratio, "the most of one group's channels removed",
-                       low_closed=False, high_closed=True)
-        if not _is_integer(self.seed):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def pruning_config(ratio: Optional[float] = None, config: Optional[ChannelPruningConfig] = None,
-                   **options) -> ChannelPruningConfig:
-    """A validated copy of ``config`` (or the defaults) with ``ratio`` and the keyword ``options`` applied: what
-    :func:`prune_channels` runs with. Raises :class:`ConfigError` for an unknown option or a bad value."""
-    if config is not None and not isinstance(config, ChannelPruningConfig):
-        raise InputError(f"config must be a ChannelPruningConfig, got {type(config).__name__}; or pass its fields "
-                         "as keyword arguments")
-    fields = ChannelPruningConfig.__dataclass_fields__
-    unknown = [k for k in options if k not in fields]
-    if unknown:
-        raise ConfigError(f"unknown pruning option(s) {unknown}; known: {sorted(fields)}")
-    config = copy.deepcopy(config) if config is not None else ChannelPruningConfig()
-    if ratio is not None:
-        config.ratio = ratio
-    for key, value in options.items():
-        setattr(config, key, value)
-    config.validate()
-    return config
-
-
-def _make_importance(config: ChannelPruningConfig):
-    if config.importance == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if config.importance == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if config.importance == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if config.importance == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    return tp.importance.RandomImportance()
-
-
-def _check_example_input(example_input) -> None:
-    """Only the kind of input is checked here: whether its shape fits is told by the first forward pass
-    (:func:`count_macs` names the first layer that *ran*; the first one registered is not always the input layer,
-    e.g. DiNTS registers its cells before its stem)."""
-    if not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
-        raise InputError(f"example_input must be a tensor (B, C, *spatial), got {type(example_input).__name__}")
-
-
-def _check_dense_output(model: nn.Module, example_input, output) -> None:
-    """NaN/inf that the dense model already outputs would otherwise be blamed on the first pruned layer."""
-    if all(not t.is_floating_point() or bool(torch.isfinite(t).all()) for t in output_tensors(output).values()):
-        return
-    tensors = [("parameter", *p) for p in model.named_parameters()] + [("buffer", *b) for b in model.named_buffers()]
-    kind, name = next(((k, n) for k, n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())),
-                      (None, None))
-    if name is not None:
-        where = f"{kind} {name!r} holds non-finite values"
-    elif isinstance(example_input, torch.Tensor) and not bool(torch.isfinite(example_input).all()):
-        where = "example_input itself holds non-finite values"
-    else:  # overflow: one more forward pass, only on this path, finds where
-        layer = _run_and_locate_failure(copy.deepcopy(model).eval(), example_input)[1]
-        where = "every parameter is finite; " + (f"layer {layer!r} is the first to output NaN/inf" if layer else
-                                                 "an operation between the layers outputs NaN/inf")
-    raise InputError(f"the dense model already outputs NaN/inf before pruning ({where}); reload a good checkpoint "
-                     "(or fix the example_input) and prune again")
-
-
-def _run_and_locate_failure(model: nn.Module, example_input) -> Tuple[Any, Optional[str], str]:
-    """Run a forward pass; returns ``(output, layer, why)`` naming the first layer that raised or produced a
-    non-finite output (``layer`` None and ``why`` empty when all is well)."""
-    names = {m: n for n, m in model.named_modules()}
-    current: List[str] = []
-    bad: List[str] = []
-    hooks = []
-    for module in model.modules():
-        if next(module.children(), None) is not None:
-            continue
-        hooks.append(module.register_forward_pre_hook(lambda m, i: current.append(names[m])))
-
-        def check(m, i, o):
-            if not bad and isinstance(o, torch.Tensor) and o.is_floating_point() and not torch.isfinite(o).all():
-                bad.append(names[m])
-
-        hooks.append(module.register_forward_hook(check))
-    try:
-        with torch.no_grad():
-            output = run_forward(model, example_input)
-        return (output, bad[0], "produced non-finite values") if bad else (output, None, "")
-    except Exception as e:  # the point is to report where it broke
-        return None, (current[-1] if current else None), f"raised {type(e).__name__}: {e}"
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def _resolve_names(model: nn.Module, names: Iterable[str], what: str) -> Dict[str, nn.Module]:
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        sample = ", ".join(list(n for n in modules if n)[:8])
-        raise ConfigError(f"{what} names layers this network does not have: {missing} (layer names look like: {sample}, …)")
-    return {n: modules[n] for n in names}
-
 
 def _taylor_gradients(model, taylor) -> None:
     """Put gradients on ``model`` for torch-pruning's Taylor criterion: from accumulated scores or from batches."""
@@ -282,7 +112,7 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
     reference = record_widths(work, example_input, prelu, frozen)  # also the reference output
     head = find_output_head(work, set(output_widths(reference).values()))
     remember_input_widths(work, example_input)
-    ignored = _resolve_names(work, ignore_names + head + transformer_blocks, "ignore")
+    ignored = resolve_names(work, ignore_names + head + transformer_blocks, "ignore")
     if transformer_blocks:
         logger.info("left intact (attention/MLP pruning of transformer blocks is not supported yet): %s",
                     ", ".join(f"{n} ({type(ignored[n]).__name__})" for n in transformer_blocks))
@@ -290,25 +120,7 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
 
     if config.importance == "taylor":
         _taylor_gradients(work, taylor)
-    customized = {nn.PReLU: prelu, **{t: frozen for t in frozen.block_types}}
-    ratio_dict = {m: config.layer_ratios[n] for n, m in _resolve_names(work, config.layer_ratios, "layer_ratios").items()}
-    not_layers = [n for n, m in zip(config.layer_ratios, ratio_dict) if not isinstance(m, PRUNABLE_TYPES)]
-    if not_layers:
-        raise ConfigError(f"layer_ratios must name Conv/Linear layers (the root of a channel group), not blocks: {not_layers}")
-    try:
-        with exact_concat_sizes(), spatial_index_mappings(), frozen.shortcut(work), traced_as_base(work), \
-                bounded_group_search():
-            pruner = tp.pruner.MetaPruner(
-                work, example_input, importance=_make_importance(config), pruning_ratio=ratio,
-                pruning_ratio_dict=ratio_dict or None, ignored_layers=list(ignored.values()), round_to=config.round_to,
-                global_pruning=config.global_pruning, max_pruning_ratio=config.max_layer_ratio,
-                customized_pruners=customized, root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR],
-            )
-        decouple_channel_broadcasts(pruner.DG)
-    except PruningError:  # a group search that does not end: its message names the layers
-        raise
-    except Exception as e:
-        raise PruningError(f"torch-pruning could not trace this {type(model).__name__}: {type(e).__name__}: {e}") from e
+    pruner = _trace(work, type(model).__name__, example_input, ratio, config, list(ignored.values()), prelu, frozen)
 
     names = {m: n for n, m in work.named_modules()}
     groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types))
@@ -332,7 +144,7 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
     if synced:
         logger.info("stored channel counts updated to the pruned widths: %s", ", ".join(synced))
 
-    out, layer, why = _run_and_locate_failure(work, example_input)
+    out, layer, why = run_and_locate_failure(work, example_input)
     if layer is not None or why:
         raise PruningError(f"the pruned network no longer runs: layer {layer!r} {why}; add it to ignore=[...] and retry")
     changed = changed_outputs(reference, out)
@@ -355,6 +167,31 @@ def _prune_seeded(model, example_input, ratio: float, config: ChannelPruningConf
         kept_layers=sorted(set(head + transformer_blocks + ignore_names)),
     )
     return work, plan
+
+
+def _trace(work: nn.Module, network: str, example_input, ratio: float, config: ChannelPruningConfig,
+           ignored: List[nn.Module], prelu, frozen):
+    """torch-pruning's MetaPruner on ``work`` (DepGraph traced with the MONAI fixes in place)."""
+    customized = {nn.PReLU: prelu, **{t: frozen for t in frozen.block_types}}
+    ratio_dict = {m: config.layer_ratios[n] for n, m in resolve_names(work, config.layer_ratios, "layer_ratios").items()}
+    not_layers = [n for n, m in zip(config.layer_ratios, ratio_dict) if not isinstance(m, PRUNABLE_TYPES)]
+    if not_layers:
+        raise ConfigError(f"layer_ratios must name Conv/Linear layers (the root of a channel group), not blocks: {not_layers}")
+    try:
+        with exact_concat_sizes(), spatial_index_mappings(), frozen.shortcut(work), traced_as_base(work), \
+                bounded_group_search():
+            pruner = tp.pruner.MetaPruner(
+                work, example_input, importance=make_importance(config), pruning_ratio=ratio,
+                pruning_ratio_dict=ratio_dict or None, ignored_layers=ignored, round_to=config.round_to,
+                global_pruning=config.global_pruning, max_pruning_ratio=config.max_layer_ratio,
+                customized_pruners=customized, root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR],
+            )
+        decouple_channel_broadcasts(pruner.DG)
+    except PruningError:  # a group search that does not end: its message names the layers
+        raise
+    except Exception as e:
+        raise PruningError(f"torch-pruning could not trace this {network}: {type(e).__name__}: {e}") from e
+    return pruner
 
 
 def prune_channels(
@@ -390,7 +227,7 @@ def prune_channels(
         raise InputError(f"prune_channels expects a torch.nn.Module, got {type(model).__name__}")
     config = pruning_config(ratio, config, **options)
     taylor = (batches, loss_fn, taylor_scores)
-    _check_example_input(example_input)
+    check_example_input(example_input)
     was_training = model.training
     dense: List[Any] = []
     hook = model.register_forward_hook(lambda module, inputs, output: dense.append(output))
@@ -398,7 +235,7 @@ def prune_channels(
         macs0 = count_macs(model, example_input)  # one eval-mode forward pass: checks the input fits, gives the output
     finally:
         hook.remove()
-    _check_dense_output(model, example_input, dense[0] if dense else None)
+    check_dense_output(model, example_input, dense[0] if dense else None)
     params0 = count_params(model)
     if config.ratio is not None:
         pruned, plan = _prune_once(model, example_input, config.ratio, config, taylor, network_def)
