@@ -53,6 +53,7 @@ from pydicom.uid import (
 )
 
 from ..errors import InputError
+from ..fidelity.metrics import dice as one_dice
 from .preflight import check_dicom_input, position_on_normal
 
 hd, _ = optional_import("highdicom")
@@ -284,9 +285,6 @@ def _read_headers(folder: Path) -> List[Dataset]:
 
 
 def dice(a, b, label=1) -> float:
-    """Dice overlap of ``label`` in two label arrays of one shape (1.0 when neither has it)."""
-    a, b = np.asarray(a) == label, np.asarray(b) == label
-    if a.shape != b.shape:
-        raise InputError(f"dice needs two arrays of one shape, got {a.shape} and {b.shape}.")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    """Dice overlap of ``label`` in two label arrays of one shape (1.0 when neither has it): the one Dice,
+    :func:`monai_prune.fidelity.metrics.dice`, with the agreement rule for an absent class."""
+    return one_dice(np.asarray(a), np.asarray(b), label=label, empty=1.0)

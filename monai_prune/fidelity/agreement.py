@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import torch
 
 from ..errors import InputError
-from .metrics import LABEL_MODES
+from .metrics import LABEL_MODES, dice_from_counts
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def mask_dice_counts(pred, ref, inter: Dict[int, float], sums: Dict[int, float])
 def pooled_dice(inter: Dict[int, float], sums: Dict[int, float]) -> Dict[str, float]:
     """Per-class Dice from :func:`dice_counts` or :func:`mask_dice_counts` sums (1.0 for a class absent from
     both)."""
-    return {str(c): (2 * inter[c] / sums[c] if sums[c] else 1.0) for c in sorted(sums)}
+    return {str(c): dice_from_counts(inter[c], sums[c], empty=1.0) for c in sorted(sums)}
 
 
 def _check_label_mode(label_mode: Optional[str]) -> None:
