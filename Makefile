@@ -22,8 +22,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/monai-prune demo --out demo_output
 
+# The suite on 2 workers, one test file each at a time (module fixtures built once), each worker and its subprocesses
+# on one OpenMP thread: half the suite's time is interpreter start-ups of subprocesses (single-threaded), which now
+# overlap with the other worker's numeric work instead of leaving a core idle; 2 workers x 2 threads on 2 cores was
+# slower than one worker (oversubscription). Bytecode is cached: about a hundred subprocesses import monai_prune.
 test: $(STAMP)
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -ra --durations=20 tests  # bytecode cached: ~100 subprocesses import us
+	OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -ra -n 2 --dist loadfile --durations=20 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/seg3d.py --json bench_output/seg3d.json
