@@ -238,3 +238,17 @@ def test_classifier_fidelity_reports_accuracy_and_auc_against_labels(tmp_path):
         quantize(net, cal, backend="onnxruntime", validation=[(val[0][0], torch.zeros(4))])
     with pytest.raises(InputError, match="class indices"):
         quantize(net, cal, backend="onnxruntime", validation=[(val[0][0], torch.tensor(5))])
+
+
+def test_onnxruntime_quantizer_noise_is_not_shown(data, tmp_path, capfd, caplog):
+    """ONNX Runtime's quantizer logs through the root logger, a line per 1-D norm weight ("Axis 1 is out-of-range
+    for weight ...": it quantizes those per tensor) and advice to run its own pre-processing: nothing our user can
+    act on, so none of it reaches the user's console or log."""
+    from monai.networks.nets import UNet
+
+    cal, _ = data
+    net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=1, norm="instance").eval()  # InstanceNorm: 1-D affine weights
+    quantize(net, cal, backend="onnxruntime", out_dir=str(tmp_path))
+    shown = "".join(capfd.readouterr()) + caplog.text
+    noise = [line for line in shown.splitlines() if "out-of-range for weight" in line or "pre-processing before" in line]
+    assert noise == []

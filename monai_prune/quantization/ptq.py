@@ -44,6 +44,8 @@ from .int8_fidelity import error_score, fidelity_violations, measure_fidelity
 from .onnx_layers import ONNX_INPUT, WEIGHTED_OPS, onnx_weighted_layers, resolve_layers  # noqa: F401
 
 logger = logging.getLogger(__name__)
+NOISE = ("Expected bias", "Axis 1 is out-of-range for weight", "Please consider pre-processing before quantization",
+         "Please consider to run pre-processing before quantization")
 
 QUANT_BACKENDS = INT8_BACKENDS
 DELTA_KEYS = ("max_abs_logit", "agreement", "dice", "accuracy", "auc")
@@ -295,8 +297,10 @@ def quantize(model: nn.Module, calibration: CalibrationSet, config: Optional[Qua
     failures: Dict[str, str] = {}
     for backend in backends:
         try:
-            # ONNX Runtime's tools log through the root logger, one "Expected bias ..." line per folded-BN Conv
-            with root_logging_for_others(drop=("Expected bias",)):
+            # ONNX Runtime's tools log through the root logger: one "Expected bias ..." line per folded-BN Conv, one
+            # "Axis 1 is out-of-range for weight ..." per 1-D norm weight (quantized per tensor instead) and advice to
+            # run its own pre-processing: nothing a user of ours can act on
+            with root_logging_for_others(drop=NOISE):
                 results[backend] = _quantize_one(backend, fp32_onnx, out_dir, calibration, validation, config, layers,
                                                  keep, labels)
         except QuantizationError as e:
