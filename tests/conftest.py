@@ -20,6 +20,26 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A MONAI Deploy app run in the test process (as ``serve`` runs studies) configures the root logger with the
+    SDK's logging.json: a ``StreamHandler`` on the ``sys.stderr`` of that moment, which is pytest's capture of that
+    test, closed afterwards. Each test's root handlers of that kind and the root level are undone after it, so a
+    later test in the same worker does not log into a closed file (pytest's own handlers are subclasses: kept)."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    # any logger's plain StreamHandler left on a stream this test closed (capsys) would fail every later record
+    for logger in [root, *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]:
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                logger.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def dense_spheres():
     """A small UNet trained dense on the synthetic spheres of ``spheres.py`` (12 epochs), and its validation Dice."""
