@@ -10,7 +10,6 @@ import importlib.util
 import io
 import logging
 import os
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Tuple
 
@@ -39,16 +38,15 @@ def run_app_here(path: str, *args: str) -> Tuple[int, str]:
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
-    level = root.level
+    handlers, level = list(root.handlers), root.level  # the SDK's logging.json replaces the root's handlers
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
         with redirect_stdout(buffer), redirect_stderr(buffer):
             code = module.main([path, *map(str, args)])
     finally:
-        root.removeHandler(handler)
+        root.handlers[:] = handlers
         root.setLevel(level)
-        sys.stdout.flush()
     return code, buffer.getvalue()
 
 
