@@ -27,7 +27,10 @@ def add_parsers(sub) -> None:
                             description="Prunes the demo's spleen-style UNet at several ratios, fine-tunes each with "
                                         "distillation, measures per-class Dice and sliding-window latency on every "
                                         "backend (fp32 and int8), and keeps the fastest candidate that holds every "
-                                        "guardrail. Re-run with the same --out to resume. Exit 2 when none holds.")
+                                        "guardrail; with --overlaps/--sw-batch-sizes it then measures those pipeline "
+                                        "knobs on the chosen model under the same guardrails and ships the fastest "
+                                        "passing setting in chosen/pipeline.json. Re-run with the same --out to "
+                                        "resume. Exit 2 when none holds.")
     search.add_argument("--out", default="search_output", help="output folder; an earlier search there is resumed")
     search.add_argument("--quick", action="store_true", help="tiny data and epochs (seconds-to-minutes; for tests)")
     search.add_argument("--guardrails", help='JSON object or .json file, e.g. \'{"max_delta_dice": 0.02}\'')
@@ -46,6 +49,12 @@ def add_parsers(sub) -> None:
     search.add_argument("--objective", choices=["latency", "macs", "size"])
     search.add_argument("--int8-keep-fp32", dest="int8_keep_fp32", choices=["none", "sensitivity"],
                         help="sensitivity: keep fp32 the layers whose int8 alone costs more than the tolerance (slow)")
+    search.add_argument("--overlaps", type=_csv(float), metavar="F,F",
+                        help="pipeline knob: sliding-window overlaps to try with the chosen model (default 0.25), "
+                             "e.g. 0.1,0")
+    search.add_argument("--sw-batch-sizes", dest="sw_batch_sizes", type=_csv(int), metavar="N,N",
+                        help="pipeline knob: sliding-window batch sizes to try with the chosen model (default 1), "
+                             "e.g. 2,4")
     search.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="distillation epochs per candidate")
     search.set_defaults(func=_cmd_search, precisions=["fp32", "int8"])
 
@@ -130,6 +139,9 @@ def _cmd_search(args) -> int:
         guardrails = {"max_delta_dice": 0.02}
     options = {k: getattr(args, k) for k in ("ratios", "strategy", "bisect_steps", "layer_modes", "precisions",
                                               "backends", "objective", "int8_keep_fp32") if getattr(args, k) is not None}
+    knobs = {k: v for k, v in (("overlap", args.overlaps), ("sw_batch_size", args.sw_batch_sizes)) if v}
+    if knobs:
+        options["pipeline_knobs"] = knobs
     search_config = SearchConfig(**options)
     config = quick_search_config() if args.quick else SearchDemoConfig()
     if args.finetune_epochs is not None:
@@ -140,6 +152,12 @@ def _cmd_search(args) -> int:
     result = run_search_demo(args.out, guardrails, search_config, config)
     print(result.table())
     print()
+    if result.pipeline is not None:
+        from ..search.report import knobs_table
+
+        print("Pipeline knobs of the chosen model:")
+        print(knobs_table(result.pipeline))
+        print()
     print(result.card.to_markdown())
     print(f"chosen model: {result.paths['chosen']}; report: monai-prune report {args.out}")
     return 0

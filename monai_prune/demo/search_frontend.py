@@ -10,6 +10,7 @@ sliding-window inferer over a volume on every backend.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,6 +30,16 @@ from .training import SPLEEN_UNET_DEF, spleen_unet, train_segmentation
 logger = logging.getLogger("monai_prune.search_workflow")  # the name its log lines have always carried
 
 CLASS_NAMES = ["background", "spleen"]
+# the pipeline knobs the demo's evaluate and latency take, at the values every candidate is measured at
+PIPELINE_BASELINE = {"overlap": 0.25, "sw_batch_size": 1}
+
+
+def with_pipeline_baseline(search_config: SearchConfig) -> SearchConfig:
+    """``search_config`` with the demo's :data:`PIPELINE_BASELINE` as its ``pipeline_baseline`` when it searches
+    pipeline knobs and names no baseline of its own."""
+    if search_config.pipeline_knobs and not search_config.pipeline_baseline:
+        search_config = dataclasses.replace(search_config, pipeline_baseline=dict(PIPELINE_BASELINE))
+    return search_config
 
 
 @dataclass
@@ -65,9 +76,10 @@ def quick_search_config() -> SearchDemoConfig:
 
 def per_class_evaluator(items: List[Dict[str, str]], roi: Sequence[int], names: Sequence[str] = CLASS_NAMES,
                         sw_batch_size: int = 2, overlap: float = 0.25):
-    """``evaluate(model_or_predictor)`` for :func:`~monai_prune.search.search`: per-class Dice, HD95 (mm) and volume
-    error over ``items`` through MONAI's sliding-window inferer, and the first case's slice with the most foreground
-    (image, label, prediction) for the report's overlay."""
+    """``evaluate(model_or_predictor, overlap=overlap, sw_batch_size=sw_batch_size)`` for
+    :func:`~monai_prune.search.search`: per-class Dice, HD95 (mm) and volume error over ``items`` through MONAI's
+    sliding-window inferer, and the first case's slice with the most foreground (image, label, prediction) for the
+    report's overlay. The keywords are the search's pipeline knobs."""
     from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
 
@@ -77,7 +89,7 @@ def per_class_evaluator(items: List[Dict[str, str]], roi: Sequence[int], names: 
     data = [transform(item) for item in items]
     affine = torch.diag(torch.tensor([SPACING_MM, SPACING_MM, SPACING_MM, 1.0], dtype=torch.float64))
 
-    def evaluate(predictor) -> Dict[str, Any]:
+    def evaluate(predictor, overlap: float = overlap, sw_batch_size: int = sw_batch_size) -> Dict[str, Any]:
         metrics = PerClassMetrics(names)
         example = None
         for i, sample in enumerate(data):
@@ -94,10 +106,13 @@ def per_class_evaluator(items: List[Dict[str, str]], roi: Sequence[int], names: 
     return evaluate
 
 
-def latency_workload(volume: torch.Tensor, roi: Sequence[int], repeats: int):
-    """``latency(predictor) -> seconds``: the median of the whole ``sliding_window_inference`` over ``volume``."""
-    def latency(predictor) -> float:
-        return sliding_window_latency(predictor, volume, roi, sw_batch_size=1, repeats=repeats)["median_s"]
+def latency_workload(volume: torch.Tensor, roi: Sequence[int], repeats: int, overlap: float = 0.25,
+                     sw_batch_size: int = 1):
+    """``latency(predictor, overlap=overlap, sw_batch_size=sw_batch_size) -> seconds``: the median of the whole
+    ``sliding_window_inference`` over ``volume`` (the keywords are the search's pipeline knobs)."""
+    def latency(predictor, overlap: float = overlap, sw_batch_size: int = sw_batch_size) -> float:
+        return sliding_window_latency(predictor, volume, roi, sw_batch_size=sw_batch_size, overlap=overlap,
+                                      repeats=repeats)["median_s"]
 
     return latency
 
@@ -151,6 +166,7 @@ def check_search_demo(out: str, guardrails: Mapping[str, Any], search_config: Se
     setup; the dense weights are compared once trained or reloaded)."""
     if not isinstance(config.finetune_epochs, int) or config.finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be a non-negative integer, got {config.finetune_epochs!r}")
+    search_config = with_pipeline_baseline(search_config)
     check_search_arguments(dict(guardrails), search_config, calibration_given=True)  # calibration: made here
     floors = guardrails.get("min_dice")
     if isinstance(floors, Mapping):
@@ -175,7 +191,7 @@ def run_search_demo(out: str, guardrails: Mapping[str, Any], search_config: Opti
     from ..quantization import calibration_data
 
     config = config or SearchDemoConfig()
-    search_config = search_config or SearchConfig(precisions=("fp32", "int8"))
+    search_config = with_pipeline_baseline(search_config or SearchConfig(precisions=("fp32", "int8")))
     check_search_demo(out, guardrails, search_config, config)
     torch.manual_seed(config.seed)
     data = os.path.join(out, "data")
@@ -191,8 +207,9 @@ def run_search_demo(out: str, guardrails: Mapping[str, Any], search_config: Opti
                                        roi_size=roi, foreground_ratio=0.5, seed=config.seed)
     val_inputs = [ct_transforms(roi, train=False)(item)["image"][None][..., :roi[0], :roi[1], :roi[2]]
                   for item in val[:2]]
-    return search(dense, torch.zeros(1, 1, *config.bench_roi), evaluate=per_class_evaluator(val, roi),
-                  latency=latency_workload(volume, config.bench_roi, config.repeats), guardrails=guardrails,
-                  out_dir=out, finetune=distillation_finetune(train, config), config=search_config,
+    return search(dense, torch.zeros(1, 1, *config.bench_roi),
+                  evaluate=per_class_evaluator(val, roi, **PIPELINE_BASELINE),
+                  latency=latency_workload(volume, config.bench_roi, config.repeats, **PIPELINE_BASELINE),
+                  guardrails=guardrails, out_dir=out, finetune=distillation_finetune(train, config), config=search_config,
                   calibration=calibration, agreement_inputs=val_inputs, network_def=SPLEEN_UNET_DEF,
                   setup_id=_setup_id(config), title="spleen-style UNet (synthetic CT)")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, GuardrailError
@@ -50,6 +51,12 @@ class SearchConfig:
             alone on the backend (:func:`~monai_prune.quantization.quantization_sensitivity`) and keep fp32 the
             layers whose solo int8 costs the worst class more than ``sensitivity_max_delta`` (slow: one evaluation
             per layer; cached).
+        pipeline_knobs: workload settings to search for the chosen model, ``{knob: [values]}`` (e.g.
+            ``{"overlap": [0.1, 0.0], "sw_batch_size": [2, 4]}``): each is passed to ``evaluate`` and ``latency`` as a
+            keyword argument, one knob changed at a time, then the passing ones combined; judged by the same
+            guardrails against the dense model at the baseline (:mod:`~monai_prune.search.knobs`). Empty: none.
+        pipeline_baseline: the value of every knob that ``evaluate`` and ``latency`` use when called without it (the
+            setting every candidate is measured at), e.g. ``{"overlap": 0.25, "sw_batch_size": 1}``.
     """
 
     ratios: Sequence[float] = (0.25, 0.5, 0.625, 0.75)
@@ -66,6 +73,8 @@ class SearchConfig:
     confirm_top: int = 6
     confirm_rounds: int = 3
     int8_keep_fp32: str = "none"
+    pipeline_knobs: Dict[str, Sequence[Any]] = field(default_factory=dict)
+    pipeline_baseline: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         from ..runtime import BACKENDS
@@ -87,6 +96,47 @@ class SearchConfig:
             raise ConfigError(f"int8_keep_fp32 must be 'none' or 'sensitivity', got {self.int8_keep_fp32!r}")
         if self.strategy == "bisect" and not (isinstance(self.bisect_steps, int) and 1 <= self.bisect_steps <= 8):
             raise ConfigError(f"bisect_steps must be an integer in 1..8, got {self.bisect_steps!r}")
+        check_pipeline_knobs(self.pipeline_knobs, self.pipeline_baseline, {})
+
+
+def check_pipeline_knobs(knobs: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any],
+                         callables: Mapping[str, Callable]) -> None:
+    """Refuse, before any work, knobs the search cannot try: a knob without a baseline value, no values, and a
+    ``evaluate``/``latency`` that does not take every knob as a keyword, or whose default for it is not the baseline
+    (then the candidates and the knob settings would not be measured at the same setting)."""
+    if not knobs:
+        return
+    if not isinstance(knobs, Mapping) or not isinstance(baseline, Mapping):
+        raise ConfigError("pipeline_knobs and pipeline_baseline are mappings, e.g. pipeline_knobs={'overlap': [0.1]}, "
+                          "pipeline_baseline={'overlap': 0.25}")
+    for knob, values in knobs.items():
+        if knob not in baseline:
+            raise ConfigError(f"pipeline knob {knob!r} has no baseline value: give pipeline_baseline[{knob!r}], the "
+                              "value evaluate and latency use when called without it")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ConfigError(f"pipeline knob {knob!r}: give a non-empty list of values to try, got {values!r}")
+    for name, fn in callables.items():
+        try:
+            parameters = inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: nothing to check before calling it
+            continue
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        for knob in knobs:
+            p = parameters.get(knob)
+            if p is None or p.kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                if takes_any:
+                    continue
+                raise ConfigError(f"pipeline knob {knob!r}: {name}(model, {knob}=...) must take it as a keyword "
+                                  f"argument; {name} takes {list(parameters)}")
+            if p.default is not inspect.Parameter.empty and not same_value(p.default, baseline[knob]):
+                raise ConfigError(f"pipeline knob {knob!r}: {name}'s default {p.default!r} is not the baseline "
+                                  f"{baseline[knob]!r}; every candidate is measured at the default, so they must match")
+
+
+def same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
 
 
 def sensitivity_tolerance(config: SearchConfig, guardrails: Mapping[str, Any]) -> float:

@@ -20,7 +20,7 @@ from .candidates import DenseReference
 from .config import SearchError
 from .context import SearchContext
 from .decide import Decision, Verdict
-from .report import candidates_table, plot_pareto
+from .report import candidates_table, knobs_table, plot_pareto
 
 logger = logging.getLogger(__package__)  # "monai_prune.search": the name the command line prints
 
@@ -28,7 +28,9 @@ logger = logging.getLogger(__package__)  # "monai_prune.search": the name the co
 @dataclass
 class SearchResult:
     """What :func:`~monai_prune.search.search` found. ``chosen`` is the winning row of ``rows`` (None when refused);
-    ``model`` is the chosen network (``nn.Module`` for fp32, a :class:`~monai_prune.Predictor` for int8)."""
+    ``model`` is the chosen network (``nn.Module`` for fp32, a :class:`~monai_prune.Predictor` for int8);
+    ``pipeline`` the pipeline-knob stage's result (:func:`~monai_prune.search.knobs.knob_stage`), None when no knob
+    was searched."""
 
     status: str
     dense: Dict[str, Any]
@@ -39,6 +41,7 @@ class SearchResult:
     model: Any = None
     card: Any = None
     paths: Dict[str, str] = field(default_factory=dict)
+    pipeline: Optional[Dict[str, Any]] = None
 
     def table(self) -> str:
         """The candidates as a Markdown table (best first)."""
@@ -59,7 +62,7 @@ def save_examples(examples: Mapping[str, Optional[str]], path: str) -> str:
 
 
 def fidelity_card(ctx: SearchContext, dense: DenseReference, chosen: Verdict, agreement: Optional[Dict[str, Any]],
-                  vs_dense: Optional[Dict[str, Any]]) -> FidelityCard:
+                  vs_dense: Optional[Dict[str, Any]], pipeline: Optional[Dict[str, Any]] = None) -> FidelityCard:
     """The chosen model's :class:`~monai_prune.fidelity.FidelityCard`."""
     comp, candidate = chosen.comparison, chosen.candidate
     data = {"title": f"{ctx.title}: {chosen.key}", "task": candidate.measured.get("task", "segmentation"),
@@ -74,11 +77,33 @@ def fidelity_card(ctx: SearchContext, dense: DenseReference, chosen: Verdict, ag
             "cases": candidate.measured.get("cases"), "notes": []}
     if vs_dense is not None:
         data["notes"].append(agreement_note(vs_dense, f"{len(ctx.agreement_inputs)} held-out input(s)"))
+    if pipeline is not None:
+        data["notes"].append(pipeline_note(pipeline))
     return FidelityCard(**data)
 
 
-def export_chosen(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference,
-                  chosen: Verdict) -> Tuple[Any, FidelityCard, Dict[str, str], Dict[str, Any]]:
+def pipeline_note(pipeline: Mapping[str, Any]) -> str:
+    """The card's sentence on the pipeline setting: what ships, measured, or that the baseline stays."""
+    shipped, base = pipeline["shipped"], pipeline["rows"][0]
+    if shipped is None:
+        return (f"Pipeline knobs searched ({len(pipeline['lines'])} setting(s), in search.json and candidates.md): no "
+                f"setting both held every guardrail and saved time, so the workload's own setting "
+                f"({knob_text(pipeline['baseline'])}) is kept.")
+    worst = shipped["worst_class"]
+    return (f"Pipeline setting: {knob_text(shipped['overrides'])} instead of "
+            f"{knob_text(shipped['from'])} (chosen/pipeline.json): the workload takes {shipped['seconds']:.3f} s "
+            f"instead of {base['seconds']:.3f} s ({shipped['saving_pct']:.0f}% less), {shipped['speedup']:.2f}x faster "
+            f"than the dense model at its setting ({base['speedup']:.2f}x without the knobs); measured per class "
+            f"against the dense model with every guardrail held, worst class {worst} "
+            f"{shipped['metric']} {shipped['worst_delta']:+.4f}. The table above is at the workload's own setting.")
+
+
+def knob_text(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in values.items())
+
+
+def export_chosen(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference, chosen: Verdict,
+                  pipeline: Optional[Dict[str, Any]] = None) -> Tuple[Any, FidelityCard, Dict[str, str], Dict[str, Any]]:
     """``OUT/chosen/`` (``model.pt``, ``plan.json``, ``model.onnx``, the int8 artifact when int8 won, the fidelity
     card), replaced as a whole; returns ``(model, card, paths, agreement with the dense model)``."""
     from ..export import export_onnx
@@ -109,27 +134,47 @@ def export_chosen(ctx: SearchContext, builder: CandidateBuilder, dense: DenseRef
     if others:
         agreement = backend_agreement(net, ctx.agreement_inputs, onnx_path=onnx, backends=others)
     vs_dense = prediction_agreement(ctx.model, model, ctx.agreement_inputs)
-    card = fidelity_card(ctx, dense, chosen, agreement, vs_dense)
+    card = fidelity_card(ctx, dense, chosen, agreement, vs_dense, pipeline)
+    if pipeline is not None:
+        atomic_write_text(os.path.join(staging, "pipeline.json"), json.dumps(json_safe(pipeline_file(pipeline)),
+                                                                             indent=1))
     card.to_json(os.path.join(staging, "fidelity_card.json"))
     atomic_write_text(os.path.join(staging, "fidelity_card.md"), card.to_markdown())
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)
     paths = {"chosen": folder, "fidelity_card": os.path.join(folder, "fidelity_card.md")}
+    if pipeline is not None:
+        paths["pipeline"] = os.path.join(folder, "pipeline.json")
     return model, card, paths, vs_dense
 
 
-def finish(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference, decision: Decision) -> SearchResult:
-    """Write the outputs of ``decision``; return the :class:`SearchResult`, or raise :class:`SearchError` (after
+def pipeline_file(pipeline: Mapping[str, Any]) -> Dict[str, Any]:
+    """``chosen/pipeline.json``: the setting to run the chosen model at (``setting``: every knob; ``overrides``: the
+    ones that differ from the workload's own), with its measured cost and saving; the baseline when nothing ships."""
+    shipped = pipeline["shipped"]
+    row = shipped or pipeline["rows"][0]
+    return {"setting": row["setting"], "overrides": row["overrides"], "baseline": pipeline["baseline"],
+            "shipped": shipped is not None, "seconds": row["seconds"], "baseline_seconds": pipeline["rows"][0]["seconds"],
+            "saving_pct": row["saving_pct"], "speedup_vs_dense": row["speedup"], "metric": row["metric"],
+            "delta_vs_dense": row["delta"], "delta_vs_chosen": row["delta_vs_chosen"], "candidate": pipeline["candidate"],
+            "lines": pipeline["lines"]}
+
+
+def finish(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference, decision: Decision,
+           pipeline: Optional[Dict[str, Any]] = None) -> SearchResult:
+    """Write the outputs of ``decision`` (and of the pipeline-knob stage, ``pipeline``); return the
+    :class:`SearchResult`, or raise :class:`SearchError` (after
     writing ``search.json`` and the plots) when the search refused."""
     rows, chosen = decision.rows()
     dense_row, out_dir, reason = dense.to_record(), ctx.out_dir, decision.reason
     paths: Dict[str, str] = {}
     result = SearchResult(status=decision.status, dense=dense_row, rows=rows, chosen=chosen, out_dir=out_dir,
-                          reason=reason, paths=paths)
+                          reason=reason, paths=paths, pipeline=pipeline)
     examples = {"dense": dense.example} if dense.example is not None else {}
     vs_dense = None
     if chosen is not None:
-        result.model, result.card, chosen_paths, vs_dense = export_chosen(ctx, builder, dense, decision.chosen)
+        result.model, result.card, chosen_paths, vs_dense = export_chosen(ctx, builder, dense, decision.chosen,
+                                                                          pipeline)
         paths.update(chosen_paths)
         if chosen.get("example") is not None:
             examples["chosen"] = chosen["example"]
@@ -148,8 +193,12 @@ def finish(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference,
     if result.card is not None:
         summary["card"] = result.card.to_dict()
         summary["agreement_vs_dense"] = vs_dense
-    paths["candidates_md"] = atomic_write_text(os.path.join(out_dir, "candidates.md"),
-                                               candidates_table(dense_row, rows, chosen) + "\n")
+    if pipeline is not None:
+        summary["pipeline"] = pipeline
+    table = candidates_table(dense_row, rows, chosen)
+    if pipeline is not None:
+        table += "\n\n## Pipeline knobs of the chosen model\n\n" + knobs_table(pipeline)
+    paths["candidates_md"] = atomic_write_text(os.path.join(out_dir, "candidates.md"), table + "\n")
     paths["search_json"] = atomic_write_text(os.path.join(out_dir, "search.json"),
                                              json.dumps(json_safe(summary), indent=1))
     if chosen is None:

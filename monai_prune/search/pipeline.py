@@ -1,6 +1,7 @@
 """:func:`search`: the stages in order. Measure the dense model; build and measure the fp32 candidates (a grid of
 ratios, or a bisection); quantize the passing ones when int8 is asked; decide; time the finalists again in pairs
-with the dense model; decide again on those timings; write the outputs."""
+with the dense model; decide again on those timings; search the pipeline knobs of the chosen model (when asked);
+write the outputs."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from torch import nn
 from ..errors import InputError
 from .build import CandidateBuilder
 from .candidates import Candidate, DenseReference
-from .config import Evaluate, SearchConfig, check_search_arguments
+from .config import Evaluate, SearchConfig, check_pipeline_knobs, check_search_arguments
 from .confirm import confirm
 from .context import SearchContext
 from .decide import assess, decide, dense_breaks
+from .knobs import knob_stage
 from .log import SearchLog, check_resumable, search_fingerprint
 from .measure import Meter
 from .outputs import SearchResult, finish
@@ -108,6 +110,7 @@ def search(
     config = copy.deepcopy(config) if config is not None else SearchConfig()
     guardrails = dict(guardrails or {})
     backends = check_search_arguments(guardrails, config, calibration is not None)
+    check_pipeline_knobs(config.pipeline_knobs, config.pipeline_baseline, {"evaluate": evaluate, "latency": latency})
     model = copy.deepcopy(model).eval()
     fingerprint = search_fingerprint(model, example_input, setup_id, config, finetune)
     check_resumable(out_dir, fingerprint)
@@ -132,4 +135,5 @@ def search(
         int8_pass(ctx, meter, builder, dense)
     screening = decide(logged_candidates(log), dense, guardrails, config.objective)
     paired = confirm(ctx, meter, builder, screening.verdicts)
-    return finish(ctx, builder, dense, decide(logged_candidates(log), dense, guardrails, config.objective, paired))
+    decision = decide(logged_candidates(log), dense, guardrails, config.objective, paired)
+    return finish(ctx, builder, dense, decision, knob_stage(ctx, meter, builder, dense, decision.chosen))

@@ -191,6 +191,8 @@ def _search_markdown(summary: Dict[str, Any], run_dir: str, written: Dict[str, s
         if key in written:
             lines += [f"## {caption}", "", f"![{key}]({os.path.relpath(written[key], run_dir)})", ""]
     lines += ["## Every candidate", "", candidates_table(summary["dense"], rows, chosen), ""]
+    if summary.get("pipeline"):
+        lines += ["## Pipeline knobs of the chosen model", "", knobs_table(summary["pipeline"]), ""]
     card = os.path.join(run_dir, "chosen", "fidelity_card.md")
     if chosen is not None and os.path.isfile(card):
         with open(card, encoding="utf-8") as f:
@@ -232,3 +234,31 @@ def candidates_table(dense: Mapping[str, Any], rows: List[Dict[str, Any]], chose
             + "\n\nlatency s: the screening timing of the candidate's workload on its backend; speed-up: dense (torch) "
               "/ candidate, \"(paired)\" for the finalists: median over rounds of dense / candidate timed back to back; "
               "same backend: dense / candidate on the candidate's backend (screening); MACs, size: candidate / dense.")
+
+
+def knobs_table(pipeline: Mapping[str, Any]) -> str:
+    """The pipeline-knob stage (:func:`~monai_prune.search.knobs.knob_stage`): the chosen model at its baseline and
+    at each setting: per-class metric and its Δ against the dense model, seconds, saving, speed-up, guardrails; then
+    one sentence per setting and what ships."""
+    rows = pipeline["rows"]
+    metric = rows[0]["metric"]
+    classes = list(rows[0]["delta"])
+    header = (["setting", "knob"] + [f"{metric} {c} (Δ vs dense)" for c in classes]
+              + ["seconds", "saving", "speed-up vs dense", "guardrails"])
+    shipped = (pipeline.get("shipped") or {}).get("label")
+    table = []
+    for row in rows:
+        name = row["label"] if row["label"] != shipped else f"**{row['label']}** (shipped)"
+        cells = [name, row["knob"]]
+        for c in classes:
+            value, delta = row["per_class"].get(c, {}).get(metric, {}).get("after"), row["delta"].get(c)
+            cells.append("n/a" if value is None else f"{value:.4f} ({delta:+.4f})" if delta is not None
+                         else f"{value:.4f}")
+        cells += [f"{row['seconds']:.3f}", f"{row['saving_pct']:.0f}%", f"{row['speedup']:.2f}x",
+                  "held" if row["passes"] else "BROKEN: " + "; ".join(row["broken"])]
+        table.append(cells)
+    lines = [f"- {line}" for line in pipeline["lines"]]
+    lines.append(f"- shipped: {shipped}" if shipped else "- shipped: nothing (the baseline is kept)")
+    return (markdown_table(header, table) + f"\n\nseconds: median over {pipeline['rounds']} round(s) of the workload "
+            "with the chosen model at the setting; speed-up: median over rounds of the dense model at the baseline / "
+            "the setting, timed back to back; saving: against the chosen model at the baseline.\n\n" + "\n".join(lines))
