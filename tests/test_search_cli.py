@@ -15,7 +15,8 @@ def test_search_cli_chooses_refuses_resumes_and_reports(tmp_path, capsys):
     out = str(tmp_path / "search")
     common = ["search", "--quick", "--out", out, "--ratios", "0.5", "--backends", "torch,onnxruntime"]
     # with two pipeline knobs, measured on the chosen model after the choice (tests/test_search_knobs.py: the stage)
-    assert main(common + ["--max-delta-dice", "0.5", "--overlaps", "0.5,0", "--sw-batch-sizes", "2"]) == 0
+    assert main(common + ["--max-delta-dice", "0.5", "--overlaps", "0.5,0", "--sw-batch-sizes", "2",
+                          "--roi-sizes", "whole"]) == 0
     printed = capsys.readouterr().out
     summary = json.load(open(os.path.join(out, "search.json")))
     assert summary["status"] == "ok"
@@ -26,9 +27,10 @@ def test_search_cli_chooses_refuses_resumes_and_reports(tmp_path, capsys):
     assert chosen["key"] in printed and "max_delta_dice" in printed  # the table and the card were printed
     assert summary["dense"]["measured"]["per_class"]["spleen"]["hd95"] is not None  # mm, from the NIfTI spacing
     pipeline = summary["pipeline"]
-    assert pipeline["baseline"] == {"overlap": 0.25, "sw_batch_size": 1} and pipeline["candidate"] == chosen["key"]
+    assert pipeline["baseline"] == {"overlap": 0.25, "sw_batch_size": 1, "roi_size": "default"}
+    assert pipeline["candidate"] == chosen["key"]
     labels = [r["label"] for r in pipeline["rows"]]
-    assert labels[:4] == ["baseline", "overlap=0.5", "overlap=0.0", "sw_batch_size=2"]
+    assert labels[:5] == ["baseline", "overlap=0.5", "overlap=0.0", "sw_batch_size=2", "roi_size=whole"]
     assert "Pipeline knobs of the chosen model" in printed and "overlap 0.25 -> 0.5" in printed
     shipped = json.load(open(os.path.join(out, "chosen", "pipeline.json")))
     assert shipped["shipped"] == (pipeline["shipped"] is not None)

@@ -143,3 +143,19 @@ def test_bad_knobs_are_refused_before_anything_is_written(task, tmp_path):
     with pytest.raises(ConfigError, match="not the baseline"):
         _search(task, out, _config(overlap=[0.0]), lat=other_default)
     assert not out.exists()
+
+
+def test_the_demo_search_window_knob_values(capsys):
+    from monai_prune.cli import main
+    from monai_prune.demo.search_frontend import window
+
+    volume = (1, 1, 96, 96, 128)
+    assert window("default", (64, 64, 64), volume) == (64, 64, 64)
+    assert window("whole", (64, 64, 64), volume) == (96, 96, 128)
+    assert window(80, (64, 64, 64), volume) == (80, 80, 80) and window([32, 48, 64], (1,), volume) == (32, 48, 64)
+    for bad in (0, "half", True, [1, 2]):
+        with pytest.raises(ConfigError, match="roi_size knob"):
+            window(bad, (64, 64, 64), volume)
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--quick", "--roi-sizes", "whole,half"])
+    assert exit_.value.code == 2 and "'whole' or positive integers, got 'half'" in capsys.readouterr().err

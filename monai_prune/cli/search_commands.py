@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
                             description="Prunes the demo's spleen-style UNet at several ratios, fine-tunes each with "
                                         "distillation, measures per-class Dice and sliding-window latency on every "
                                         "backend (fp32 and int8), and keeps the fastest candidate that holds every "
-                                        "guardrail; with --overlaps/--sw-batch-sizes it then measures those pipeline "
+                                        "guardrail; with --overlaps/--sw-batch-sizes/--roi-sizes it then measures those pipeline "
                                         "knobs on the chosen model under the same guardrails and ships the fastest "
                                         "passing setting in chosen/pipeline.json. Re-run with the same --out to "
                                         "resume. Exit 2 when none holds.")
@@ -55,6 +55,9 @@ def add_parsers(sub) -> None:
     search.add_argument("--sw-batch-sizes", dest="sw_batch_sizes", type=_csv(int), metavar="N,N",
                         help="pipeline knob: sliding-window batch sizes to try with the chosen model (default 1), "
                              "e.g. 2,4")
+    search.add_argument("--roi-sizes", dest="roi_sizes", type=_roi_values, metavar="whole,N",
+                        help="pipeline knob: sliding windows to try with the chosen model: 'whole' (one window over "
+                             "each whole volume) or N (an N-cube), e.g. whole,80 (default: the demo's own windows)")
     search.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="distillation epochs per candidate")
     search.set_defaults(func=_cmd_search, precisions=["fp32", "int8"])
 
@@ -129,6 +132,18 @@ def _csv(kind=str):
     return parse
 
 
+def _roi_values(text: str) -> list:
+    values = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item == "whole":
+            values.append(item)
+        elif item.isdigit() and int(item) > 0:
+            values.append(int(item))
+        else:
+            raise argparse.ArgumentTypeError(f"--roi-sizes takes 'whole' or positive integers, got {item!r}")
+    return values
+
+
 def _cmd_search(args) -> int:
     from ..search import SearchConfig
     from ..search_workflow import SearchDemoConfig, check_search_demo, quick_search_config, run_search_demo
@@ -139,7 +154,8 @@ def _cmd_search(args) -> int:
         guardrails = {"max_delta_dice": 0.02}
     options = {k: getattr(args, k) for k in ("ratios", "strategy", "bisect_steps", "layer_modes", "precisions",
                                               "backends", "objective", "int8_keep_fp32") if getattr(args, k) is not None}
-    knobs = {k: v for k, v in (("overlap", args.overlaps), ("sw_batch_size", args.sw_batch_sizes)) if v}
+    knobs = {k: v for k, v in (("overlap", args.overlaps), ("sw_batch_size", args.sw_batch_sizes),
+                               ("roi_size", args.roi_sizes)) if v}
     if knobs:
         options["pipeline_knobs"] = knobs
     search_config = SearchConfig(**options)

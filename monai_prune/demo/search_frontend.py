@@ -30,8 +30,24 @@ from .training import SPLEEN_UNET_DEF, spleen_unet, train_segmentation
 logger = logging.getLogger("monai_prune.search_workflow")  # the name its log lines have always carried
 
 CLASS_NAMES = ["background", "spleen"]
-# the pipeline knobs the demo's evaluate and latency take, at the values every candidate is measured at
-PIPELINE_BASELINE = {"overlap": 0.25, "sw_batch_size": 1}
+# the pipeline knobs the demo's evaluate and latency take, at the values every candidate is measured at; roi_size
+# "default" is each workload's own window (evaluation: infer_roi; timing: bench_roi)
+PIPELINE_BASELINE = {"overlap": 0.25, "sw_batch_size": 1, "roi_size": "default"}
+WHOLE = "whole"  # roi_size knob value: one window over the whole volume (its own size), no overlap, no blending
+
+
+def window(roi_size: Any, own: Sequence[int], volume_shape: Sequence[int]) -> tuple:
+    """The sliding window of a ``roi_size`` knob value: ``"default"`` -> ``own``, ``"whole"`` -> the volume's spatial
+    shape, N -> an N-cube, ``[x, y, z]`` as given."""
+    if roi_size == "default":
+        return tuple(own)
+    if roi_size == WHOLE:
+        return tuple(int(v) for v in volume_shape[-3:])
+    if isinstance(roi_size, (list, tuple)) and len(roi_size) == 3:
+        return tuple(int(v) for v in roi_size)
+    if isinstance(roi_size, int) and not isinstance(roi_size, bool) and roi_size > 0:
+        return (roi_size,) * 3
+    raise ConfigError(f"roi_size knob: 'default', 'whole', a positive integer or [x, y, z]; got {roi_size!r}")
 
 
 def with_pipeline_baseline(search_config: SearchConfig) -> SearchConfig:
@@ -75,8 +91,8 @@ def quick_search_config() -> SearchDemoConfig:
 
 
 def per_class_evaluator(items: List[Dict[str, str]], roi: Sequence[int], names: Sequence[str] = CLASS_NAMES,
-                        sw_batch_size: int = 2, overlap: float = 0.25):
-    """``evaluate(model_or_predictor, overlap=overlap, sw_batch_size=sw_batch_size)`` for
+                        sw_batch_size: int = 2, overlap: float = 0.25, roi_size: Any = "default"):
+    """``evaluate(model_or_predictor, overlap=overlap, sw_batch_size=sw_batch_size, roi_size=roi_size)`` for
     :func:`~monai_prune.search.search`: per-class Dice, HD95 (mm) and volume error over ``items`` through MONAI's
     sliding-window inferer, and the first case's slice with the most foreground (image, label, prediction) for the
     report's overlay. The keywords are the search's pipeline knobs."""
@@ -89,12 +105,14 @@ def per_class_evaluator(items: List[Dict[str, str]], roi: Sequence[int], names: 
     data = [transform(item) for item in items]
     affine = torch.diag(torch.tensor([SPACING_MM, SPACING_MM, SPACING_MM, 1.0], dtype=torch.float64))
 
-    def evaluate(predictor, overlap: float = overlap, sw_batch_size: int = sw_batch_size) -> Dict[str, Any]:
+    def evaluate(predictor, overlap: float = overlap, sw_batch_size: int = sw_batch_size,
+                 roi_size: Any = roi_size) -> Dict[str, Any]:
         metrics = PerClassMetrics(names)
         example = None
         for i, sample in enumerate(data):
             image, label = sample["image"][None], sample["label"]
-            logits = sliding_window_inference(image, roi, sw_batch_size, predictor, overlap=overlap, mode="gaussian")
+            logits = sliding_window_inference(image, window(roi_size, roi, image.shape), sw_batch_size, predictor,
+                                              overlap=overlap, mode="gaussian")
             pred = logits[0].argmax(0, keepdim=True)
             metrics.update(MetaTensor(pred, affine=affine), MetaTensor(label.long(), affine=affine))
             if i == 0:
@@ -107,12 +125,14 @@ def per_class_evaluator(items: List[Dict[str, str]], roi: Sequence[int], names: 
 
 
 def latency_workload(volume: torch.Tensor, roi: Sequence[int], repeats: int, overlap: float = 0.25,
-                     sw_batch_size: int = 1):
-    """``latency(predictor, overlap=overlap, sw_batch_size=sw_batch_size) -> seconds``: the median of the whole
-    ``sliding_window_inference`` over ``volume`` (the keywords are the search's pipeline knobs)."""
-    def latency(predictor, overlap: float = overlap, sw_batch_size: int = sw_batch_size) -> float:
-        return sliding_window_latency(predictor, volume, roi, sw_batch_size=sw_batch_size, overlap=overlap,
-                                      repeats=repeats)["median_s"]
+                     sw_batch_size: int = 1, roi_size: Any = "default"):
+    """``latency(predictor, overlap=overlap, sw_batch_size=sw_batch_size, roi_size=roi_size) -> seconds``: the
+    median of the whole ``sliding_window_inference`` over ``volume`` (the keywords are the search's pipeline knobs;
+    ``roi_size``: see :func:`window`)."""
+    def latency(predictor, overlap: float = overlap, sw_batch_size: int = sw_batch_size,
+                roi_size: Any = roi_size) -> float:
+        return sliding_window_latency(predictor, volume, window(roi_size, roi, volume.shape),
+                                      sw_batch_size=sw_batch_size, overlap=overlap, repeats=repeats)["median_s"]
 
     return latency
 
