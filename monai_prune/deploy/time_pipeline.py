@@ -54,23 +54,25 @@ def check_inputs(bundle: str, dense: str, series: Sequence[str], backend: str = 
                           "--series")
     if not os.path.isdir(bundle) or bundle_root(bundle) != os.path.abspath(bundle):
         raise InputError(f"BUNDLE {bundle} is not a compressed bundle folder (configs/metadata.json)")
-    select_model(bundle, backend, precision)  # the model file exists, its runtime is here, every sha256 matches
-    if not (os.path.isdir(dense) or (os.path.isfile(dense) and dense.endswith(".ts"))):
-        raise InputError(f"--dense {dense} is neither a TorchScript file (.ts, from python -m monai.bundle "
-                         "ckpt_export) nor a bundle folder")
-    select_model(dense, "torchscript", "fp32")  # what the stock operator will load, checked now
-    for folder in series:
-        check_dicom_input(folder, modality=modality)
-    if write_bundle:
+    if write_bundle:  # the cheap checks first: nothing is read or logged for a refused command
         check_target(bundle, write_bundle)
         if not os.path.isfile(os.path.join(bundle, CARD)):
             raise InputError(f"--write-bundle: {bundle} has no {CARD} to carry the end-to-end section (a bundle "
                              "written by monai-prune compress-bundle has one)")
     if work:
         real_bundle, real_work = os.path.realpath(bundle), os.path.realpath(work)
-        if os.path.commonpath([real_bundle, real_work]) in (real_bundle, real_work):
-            raise ConfigError(f"--work {work} and the bundle {bundle} must not hold one another: give a folder "
-                              "outside the bundle")
+        if os.path.commonpath([real_bundle, real_work]) == real_bundle:
+            raise ConfigError(f"--work {work} lies inside the bundle {bundle}, which is never written to: give a "
+                              "folder outside it")
+    if not os.path.exists(dense):
+        raise InputError(f"--dense {dense} does not exist: give the dense model's TorchScript file or bundle folder")
+    if not (os.path.isdir(dense) or (os.path.isfile(dense) and dense.endswith(".ts"))):
+        raise InputError(f"--dense {dense} is neither a TorchScript file (.ts, from python -m monai.bundle "
+                         "ckpt_export) nor a bundle folder")
+    for folder in series:
+        check_dicom_input(folder, modality=modality)
+    select_model(bundle, backend, precision)  # the model file exists, its runtime is here, every sha256 matches
+    select_model(dense, "torchscript", "fp32")  # what the stock operator will load, checked now
 
 
 def seg_agreement(before_seg: str, after_seg: str, series: str) -> Dict[str, Any]:
@@ -162,10 +164,16 @@ def _what(app: str, bundle: str, dense: str, series: Sequence[str], rounds: int,
     return (f"DICOM series to DICOM SEG with {os.path.basename(os.path.dirname(os.path.abspath(app)))}, monai-prune "
             f"time-pipeline on {host['cpus']} CPUs ({len(series)} series x {rounds} round(s), medians); before = the "
             f"dense model ({os.path.basename(os.path.normpath(dense))}) through the SDK's stock operator, one app "
-            f"process per study; after = {os.path.basename(os.path.normpath(bundle))} ({after['backend']} "
-            f"{after['precision']}, {post} postprocessing, {how}); per-class Dice of the compressed SEG vs the "
+            f"process per study; after = {_model_name(after, bundle)} ({after['backend']} {after['precision']}, "
+            f"{post} postprocessing, {how}); per-class Dice of the compressed SEG vs the "
             f"dense SEG (worst series): {dice or 'no class'}, voxel agreement "
             f"{accuracy['voxel_agreement_vs_dense']:.4f}")
+
+
+def _model_name(row: Mapping[str, Any], path: str) -> str:
+    model = row.get("model") or {}
+    return " ".join(str(v) for v in (model.get("name") or os.path.basename(os.path.normpath(path)), model.get("version"))
+                    if v)
 
 
 def report(result: Mapping[str, Any]) -> str:
