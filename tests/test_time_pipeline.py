@@ -21,12 +21,14 @@ from monai_prune.cli import main
 from monai_prune.data import synthetic_ct
 from monai_prune.deploy.dicom import read_segmentation, write_ct_series
 from monai_prune.deploy.models import select_model, verify_config_files, verify_model_files
+from monai_prune.deploy.time_pipeline import time_pipeline
 from monai_prune.fidelity import FidelityCard
 from monai_prune.fidelity.metrics import dice
-from helpers.repo_bundles import offline_env
+from helpers.repo_bundles import REPO, offline_env
 from helpers.tiny_bundle import ThresholdNet, inference_config, make_bundle
 
 CLI = os.path.join(os.path.dirname(sys.executable), "monai-prune")
+CT_APP = os.path.join(REPO, "apps", "ct_seg_compressed", "app.py")
 STAGES = ["start-up and imports", "DICOM load", "preprocessing", "network (sliding window)",
           "postprocessing (inversion to the input grid)", "DICOM SEG writing",
           "rest of the app (model load, graph set-up)"]
@@ -58,6 +60,8 @@ def tiny(tmp_path_factory):
     card.to_json(os.path.join(bundle, "docs", "fidelity_card.json"))
     with open(os.path.join(bundle, "docs", "fidelity_card.md"), "w") as f:
         f.write(card.to_markdown())
+    with open(os.path.join(bundle, "docs", "README.md"), "w") as f:  # as compress-bundle embeds the card
+        f.write(f"# tiny_organ_compressed\n\n## Fidelity card\n\n{card.to_markdown(heading_level=3)}\n## Files\n")
     metadata_path = os.path.join(bundle, "configs", "metadata.json")
     with open(metadata_path) as f:
         metadata = json.load(f)
@@ -75,6 +79,7 @@ def tiny(tmp_path_factory):
     return bundle, dense, series, base
 
 
+@pytest.mark.slow
 def test_time_pipeline_times_both_pipelines_scores_the_segs_and_writes_the_card_into_a_copy(tiny, tmp_path):
     bundle, dense, series, _ = tiny
     before = tree_digest(bundle)
@@ -124,10 +129,33 @@ def test_time_pipeline_times_both_pipelines_scores_the_segs_and_writes_the_card_
     assert "| end to end (steady state) |" in markdown and "| stage: network (sliding window) |" in markdown
     metadata = json.load(open(os.path.join(out, "configs", "metadata.json")))
     assert metadata["compression"]["fidelity_card"]["pipeline_s"] == card.pipeline_s
+    readme = open(os.path.join(out, "docs", "README.md")).read()
+    assert card.to_markdown(heading_level=3) in readme and readme.endswith("## Files\n")
+    assert "### End to end: DICOM series to DICOM SEG" in readme
     verify_model_files(out)
     verify_config_files(out)
     assert select_model(out, "torchscript", "fp32").sha256 == metadata["model_files"]["model.ts"]
     assert sorted(os.listdir(tmp_path)) == ["timed_bundle", "timing.json", "work"]  # no staging left beside OUT
+
+
+@pytest.mark.slow
+def test_resident_after_is_one_serve_process_its_first_study_timed_from_launch(tiny, tmp_path):
+    bundle, dense, series, _ = tiny
+    work = tmp_path / "work"
+    result = time_pipeline(CT_APP, bundle, dense, [series], rounds=2, backend="torchscript", precision="fp32",
+                           resident=True, work=str(work))
+    dense_row, resident = result["rows"]
+    assert len(dense_row["wall_s_runs"]) == 2 and dense_row["startup_s"] > 0  # one app process per study
+    assert resident["resident"] and resident["startup_s"] == 0.0 and len(resident["wall_s_runs"]) == 1
+    # the first study pays for the launch, imports and model load; the steady state does not
+    assert resident["first_study_s"] > resident["wall_s"]
+    pipeline = result["pipeline"]
+    assert pipeline["first_study"]["after"] == resident["first_study_s"]
+    assert pipeline["end_to_end"]["after"] < pipeline["end_to_end"]["before"]  # no start-up per study
+    assert "one monai-prune serve process (resident)" in pipeline["what"] and result["written"] is None
+    served = [json.loads(line) for line in open(work / "served" / resident["variant"] / "serve.jsonl")]
+    assert [(line["exit_code"], line["first"]) for line in served] == [(0, True), (0, False)]  # one process
+    assert 0.5 < result["accuracy"]["dice_vs_dense"]["organ"] < 1.0
 
 
 def _refused(capsys, argv, *words):

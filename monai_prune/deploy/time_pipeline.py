@@ -202,8 +202,9 @@ def report(result: Mapping[str, Any]) -> str:
 
 
 def write_pipeline_bundle(bundle: str, out: str, pipeline: Dict[str, Any]) -> str:
-    """A copy of ``bundle`` at ``out`` whose fidelity card (``docs/fidelity_card.json`` / ``.md`` and the metadata's
-    ``compression.fidelity_card``) carries ``pipeline``; written beside ``out`` and renamed into place when complete.
+    """A copy of ``bundle`` at ``out`` whose fidelity card (``docs/fidelity_card.json`` / ``.md``, the metadata's
+    ``compression.fidelity_card`` and the card ``docs/README.md`` embeds) carries ``pipeline``; written beside ``out``
+    and renamed into place when complete.
 
     The card is in ``docs/`` and ``metadata.json``, which no sha256 record covers (``model_files``: ``models/``;
     ``config_files``: ``configs/`` but ``metadata.json``): the records are copied as they are and still verify.
@@ -224,15 +225,23 @@ def write_pipeline_bundle(bundle: str, out: str, pipeline: Dict[str, Any]) -> st
         for root, dirs, files in os.walk(staging):
             for name in dirs + files:
                 give_umask_mode(os.path.join(root, name))
-        card_path = write_card_pipeline(staging, pipeline)
-        if card_path is None:
+        if not os.path.isfile(os.path.join(staging, CARD)):
             raise InputError(f"{bundle} has no {CARD}: nothing to carry the end-to-end section (nothing was written)")
+        previous = FidelityCard.load(os.path.join(staging, CARD))
+        card = FidelityCard.load(write_card_pipeline(staging, pipeline))
+        readme = os.path.join(staging, "docs", "README.md")
+        if os.path.isfile(readme):  # compress-bundle's README embeds the card: the same card there
+            with open(readme) as f:
+                text = f.read()
+            embedded = previous.to_markdown(heading_level=3)
+            if embedded in text:
+                atomic_write_text(readme, text.replace(embedded, card.to_markdown(heading_level=3)))
         metadata_path = os.path.join(staging, "configs", "metadata.json")
         with open(metadata_path) as f:
             metadata = json.load(f)
         compression = metadata.get("compression")
         if isinstance(compression, dict) and "fidelity_card" in compression:
-            compression["fidelity_card"] = FidelityCard.load(card_path).to_dict()
+            compression["fidelity_card"] = card.to_dict()
             atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
         os.rename(staging, out)
     finally:
