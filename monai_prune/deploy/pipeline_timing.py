@@ -11,7 +11,7 @@ What ``monai-prune time-pipeline`` and ``benchmarks/deploy_e2e.py`` share:
   preprocessing, network, postprocessing, SEG writing, the rest of the app; start-up = wall minus the app's total),
   medians over the runs;
 * :func:`pipeline_section` and :func:`write_card_pipeline`: the two medians as
-  :attr:`~monai_prune.fidelity.FidelityCard.pipeline_s` and into a bundle's fidelity card.
+  :attr:`~monai_prune.fidelity.FidelityCard.pipeline_s` and into a bundle's fidelity card (every copy of it).
 
 A failed run raises :class:`AppRunError` (an :class:`~monai_prune.errors.InputError`) naming the run, its exit code
 and the last error line of its stderr; ``log`` is the stderr file.
@@ -264,19 +264,38 @@ def pipeline_section(before: Mapping[str, Any], after: Mapping[str, Any], what: 
 
 
 def write_card_pipeline(bundle: str, pipeline: Optional[Dict[str, Any]]) -> Optional[str]:
-    """Put ``pipeline`` into ``bundle``'s fidelity card (JSON and Markdown, each written atomically); the card's
-    path, or None when there is no pipeline or no card."""
+    """Put ``pipeline`` into ``bundle``'s fidelity card: ``docs/fidelity_card.json`` and ``.md``, and where
+    compress-bundle put copies, ``configs/metadata.json`` ``compression.fidelity_card`` and the card embedded in
+    ``docs/README.md`` (each file written atomically; none of them is under a sha256 record). The card's path, or
+    None when there is no pipeline or no card."""
     from .._io import atomic_write_text
     from ..fidelity import FidelityCard
 
     path = os.path.join(bundle, "docs", "fidelity_card.json")
     if pipeline is None or not os.path.isfile(path):
         return None
-    card = FidelityCard.load(path)
-    card.pipeline_s = pipeline
-    card = FidelityCard.from_dict(card.to_dict())  # the normal form (plain JSON values)
+    previous = FidelityCard.load(path)
+    card = FidelityCard.from_dict({**previous.to_dict(), "pipeline_s": pipeline})  # the normal form (plain JSON)
     card.to_json(path)
     atomic_write_text(os.path.join(bundle, "docs", "fidelity_card.md"), card.to_markdown())
+    readme = os.path.join(bundle, "docs", "README.md")
+    if os.path.isfile(readme):
+        with open(readme) as f:
+            text = f.read()
+        # the README embeds the card as compress-bundle wrote it: without an end-to-end section, or with the last one
+        for old in (previous, FidelityCard.from_dict({**previous.to_dict(), "pipeline_s": None})):
+            embedded = old.to_markdown(heading_level=3)
+            if embedded in text:
+                atomic_write_text(readme, text.replace(embedded, card.to_markdown(heading_level=3)))
+                break
+    metadata_path = os.path.join(bundle, "configs", "metadata.json")
+    if os.path.isfile(metadata_path):
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+        compression = metadata.get("compression")
+        if isinstance(compression, dict) and "fidelity_card" in compression:
+            compression["fidelity_card"] = card.to_dict()
+            atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
     return path
 
 

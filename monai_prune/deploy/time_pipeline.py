@@ -17,7 +17,6 @@ changed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,7 +25,6 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .._io import atomic_write_text, give_umask_mode
 from .._markdown import markdown_table
 from ..errors import ConfigError, InputError
 from .pipeline_timing import (PAUSE_S, Variant, machine, pipeline_section, run_app, run_rounds, summarize,
@@ -209,43 +207,15 @@ def write_pipeline_bundle(bundle: str, out: str, pipeline: Dict[str, Any]) -> st
     The card is in ``docs/`` and ``metadata.json``, which no sha256 record covers (``model_files``: ``models/``;
     ``config_files``: ``configs/`` but ``metadata.json``): the records are copied as they are and still verify.
     """
-    from ..fidelity import FidelityCard
     from .models import verify_config_files, verify_model_files
-    from .tuned_bundle import check_target
+    from .tuned_bundle import bundle_copy, check_target
 
     check_target(bundle, out)
     verify_model_files(bundle)
     verify_config_files(bundle)  # nothing edited since it was timed
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    try:
-        staging = os.path.join(work, "bundle")
-        shutil.copytree(bundle, staging, ignore=shutil.ignore_patterns("__pycache__"))
-        for root, dirs, files in os.walk(staging):
-            for name in dirs + files:
-                give_umask_mode(os.path.join(root, name))
-        if not os.path.isfile(os.path.join(staging, CARD)):
+    with bundle_copy(bundle, out) as staging:
+        if write_card_pipeline(staging, pipeline) is None:
             raise InputError(f"{bundle} has no {CARD}: nothing to carry the end-to-end section (nothing was written)")
-        previous = FidelityCard.load(os.path.join(staging, CARD))
-        card = FidelityCard.load(write_card_pipeline(staging, pipeline))
-        readme = os.path.join(staging, "docs", "README.md")
-        if os.path.isfile(readme):  # compress-bundle's README embeds the card: the same card there
-            with open(readme) as f:
-                text = f.read()
-            embedded = previous.to_markdown(heading_level=3)
-            if embedded in text:
-                atomic_write_text(readme, text.replace(embedded, card.to_markdown(heading_level=3)))
-        metadata_path = os.path.join(staging, "configs", "metadata.json")
-        with open(metadata_path) as f:
-            metadata = json.load(f)
-        compression = metadata.get("compression")
-        if isinstance(compression, dict) and "fidelity_card" in compression:
-            compression["fidelity_card"] = card.to_dict()
-            atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     logger.info("wrote %s: its fidelity card carries the end-to-end section", out)
     return out
 
