@@ -76,6 +76,8 @@ def tiny(tmp_path_factory):
     hu, _ = synthetic_ct(size=32, rad_max=8, seed=0)
     series = str(base / "series")
     write_ct_series(hu[:, :, :16], series, spacing=(1.2, 1.2, 2.0))  # resampled to the bundle's 1.5 mm and back
+    hu, _ = synthetic_ct(size=32, rad_max=8, seed=3)
+    write_ct_series(hu[:, :, :12], str(base / "series2"), spacing=(1.0, 1.0, 2.5))  # another study
     return bundle, dense, series, base
 
 
@@ -139,23 +141,30 @@ def test_time_pipeline_times_both_pipelines_scores_the_segs_and_writes_the_card_
 
 
 @pytest.mark.slow
-def test_resident_after_is_one_serve_process_its_first_study_timed_from_launch(tiny, tmp_path):
-    bundle, dense, series, _ = tiny
+def test_resident_after_is_one_serve_process_over_two_studies_its_first_timed_from_launch(tiny, tmp_path):
+    bundle, dense, series, base = tiny
     work = tmp_path / "work"
-    result = time_pipeline(CT_APP, bundle, dense, [series], rounds=2, backend="torchscript", precision="fp32",
+    studies = [series, str(base / "series2")]
+    result = time_pipeline(CT_APP, bundle, dense, studies, rounds=1, backend="torchscript", precision="fp32",
                            resident=True, work=str(work))
     dense_row, resident = result["rows"]
     assert len(dense_row["wall_s_runs"]) == 2 and dense_row["startup_s"] > 0  # one app process per study
     assert resident["resident"] and resident["startup_s"] == 0.0 and len(resident["wall_s_runs"]) == 1
-    # the first study pays for the launch, imports and model load; the steady state does not
+    # the first study pays for the launch, imports and model load; the steady state (the second study) does not
     assert resident["first_study_s"] > resident["wall_s"]
     pipeline = result["pipeline"]
     assert pipeline["first_study"]["after"] == resident["first_study_s"]
     assert pipeline["end_to_end"]["after"] < pipeline["end_to_end"]["before"]  # no start-up per study
     assert "one monai-prune serve process (resident)" in pipeline["what"] and result["written"] is None
+    assert "2 series x 1 round(s)" in pipeline["what"]
     served = [json.loads(line) for line in open(work / "served" / resident["variant"] / "serve.jsonl")]
     assert [(line["exit_code"], line["first"]) for line in served] == [(0, True), (0, False)]  # one process
-    assert 0.5 < result["accuracy"]["dice_vs_dense"]["organ"] < 1.0
+    # each study's SEGs compared on that study; the card reports the worse one
+    per_series = result["accuracy"]["per_series"]
+    assert [p["series"] for p in per_series] == studies
+    assert all(0.5 < p["dice"]["organ"] < 1.0 for p in per_series)
+    assert result["accuracy"]["dice_vs_dense"]["organ"] == min(p["dice"]["organ"] for p in per_series)
+    assert "| class | Dice vs dense SEG (worst series) | series 1 | series 2 |" in result["markdown"]
 
 
 def _refused(capsys, argv, *words):
