@@ -256,7 +256,8 @@ def pipeline_section(before: Mapping[str, Any], after: Mapping[str, Any], what: 
     """:attr:`~monai_prune.fidelity.FidelityCard.pipeline_s` from two :func:`summarize` rows: ``before`` (the dense
     pipeline) and ``after`` (the compressed one), end to end, first study and stage by stage."""
     stages = {"start-up and imports": (before["startup_s"], after["startup_s"])}
-    stages.update({name: (before["stages_s"].get(key), after["stages_s"].get(key)) for key, name in STAGE_NAMES.items()})
+    stages.update({name: (before["stages_s"].get(key), after["stages_s"].get(key))
+                   for key, name in STAGE_NAMES.items()})
     return {"variant": after["variant"], "what": what,
             "end_to_end": {"before": before["wall_s"], "after": after["wall_s"]},
             "first_study": {"before": before["first_study_s"], "after": after["first_study_s"]},

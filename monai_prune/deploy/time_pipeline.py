@@ -170,8 +170,8 @@ def _what(app: str, bundle: str, dense: str, series: Sequence[str], rounds: int,
 
 def _model_name(row: Mapping[str, Any], path: str) -> str:
     model = row.get("model") or {}
-    return " ".join(str(v) for v in (model.get("name") or os.path.basename(os.path.normpath(path)), model.get("version"))
-                    if v)
+    name = model.get("name") or os.path.basename(os.path.normpath(path))
+    return f"{name} {model['version']}" if model.get("version") else name
 
 
 def report(result: Mapping[str, Any]) -> str:
