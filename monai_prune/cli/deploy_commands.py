@@ -117,7 +117,8 @@ def _add_time_parser(sub) -> None:
     timing.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"])
     timing.add_argument("--resident", action="store_true",
                         help="run the compressed bundle in one `monai-prune serve` process for every study")
-    timing.add_argument("--work", help="keep the runs' outputs and logs in this folder (default: a temporary one)")
+    timing.add_argument("--work", help="keep the runs' outputs (the SEGs --json names) and logs in this folder "
+                                       "(default: a temporary one, removed)")
     timing.add_argument("--json", help="also write rows, accuracy, settings, machine and the card section here")
     timing.add_argument("--write-bundle", dest="write_bundle", metavar="OUT",
                         help="write a copy of BUNDLE at OUT (a new folder) whose docs/fidelity_card.json and .md "
