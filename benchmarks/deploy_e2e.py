@@ -51,18 +51,15 @@ Run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib.util
 import json
 import logging
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +70,9 @@ import torch  # noqa: E402
 import _bench  # noqa: E402
 from monai_prune.data import synthetic_ct  # noqa: E402
 from monai_prune.deploy.dicom import dice, read_segmentation, write_ct_series  # noqa: E402
-from monai_prune.fidelity import FidelityCard  # noqa: E402
+from monai_prune.deploy.pipeline_timing import (STDERR_TAIL_LINES, AppRunError, Variant, machine,  # noqa: E402
+                                                monai_prune_cli, pipeline_section, run_app, run_logged, run_rounds,
+                                                summarize, tail, write_card_pipeline)
 from monai_prune.report import markdown_table  # noqa: E402
 from monai_prune.runtime import available_backends  # noqa: E402
 from monai_prune.utils import atomic_write_text, configure_logging  # noqa: E402
@@ -88,27 +87,9 @@ SPACING = (0.78, 0.78, 2.5)  # mm, a typical abdominal CT export: the bundle res
 OBJECT_GRID_MM = 1.5  # the training data's grid: the series' objects keep their physical size
 TRAIN_SMALL = ["--roi_size", "[48,48,48]", "--num_samples", "2"]  # bundles/build.sh's small settings
 COMPRESS_SMALL = ["--set", "roi_size=[48,48,48]", "--set", "num_samples=2", "--set", "prune#start_epoch=0"]
-STDERR_TAIL_LINES = 40
 # option: (default, --quick)
 SETTINGS = {"size": (512, 96), "slices": (140, 24), "rounds": (3, 2), "epochs": (10, 1), "compress_epochs": (3, 2),
             "train_volumes": (6, 2), "val_volumes": (2, 1)}
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    model: str  # "dense" (lone model.ts) or "compressed" (bundle folder)
-    backend: str
-    precision: str
-    operator: str  # "compressed" (monai-prune's operator) or "stock" (the SDK's MonaiBundleInferenceOperator)
-    resident: bool = False  # one `monai-prune serve` process for every round, instead of one app process per run
-    bundle_postprocessing: bool = False  # the bundle's own Invertd on float channels instead of the fast labels
-
-    def app_args(self) -> List[str]:
-        if self.operator == "stock":  # the runner forces TorchScript fp32 for the SDK's operator
-            return ["--operator", "stock"]
-        return ["--backend", self.backend, "--precision", self.precision, "--operator", self.operator,
-                *(["--bundle-postprocessing"] if self.bundle_postprocessing else [])]
 
 
 VARIANTS = (
@@ -180,34 +161,6 @@ def select_variants(args) -> List[Variant]:
         else:
             runnable.append(v)
     return runnable
-
-
-# ---------------------------------------------------------------------------------------------------- processes
-def _tail(path: str, lines: int = STDERR_TAIL_LINES) -> str:
-    with open(path, errors="replace") as f:
-        return "".join(f.readlines()[-lines:])
-
-
-def run_logged(cmd: Sequence[str], log_dir: str, name: str, cwd: str) -> float:
-    """Run ``cmd`` with stdout/stderr in ``log_dir/name.{out,err}``; wall seconds from launch to exit. A failure
-    ends the benchmark (exit 1) with the command, its exit code and the tail of its stderr."""
-    os.makedirs(log_dir, exist_ok=True)
-    out, err = os.path.join(log_dir, f"{name}.out"), os.path.join(log_dir, f"{name}.err")
-    with open(out, "wb") as fout, open(err, "wb") as ferr:
-        start = time.perf_counter()
-        code = subprocess.call(list(cmd), stdout=fout, stderr=ferr, cwd=cwd)
-        seconds = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"deploy_e2e: {name} failed with exit code {code}:\n  {' '.join(cmd)}\n"
-                         f"--- last {STDERR_TAIL_LINES} lines of {err} ---\n{_tail(err)}--- end of stderr ---")
-    return seconds
-
-
-def monai_prune_cli() -> List[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "monai-prune")
-    if os.path.isfile(script):
-        return [script]
-    return [sys.executable, "-c", "import sys; from monai_prune.cli import main; sys.exit(main())"]
 
 
 # ---------------------------------------------------------------------------------------------------- preparation
@@ -295,7 +248,7 @@ def prepare_tuned(args, work: str, models: Dict[str, Any]) -> Optional[str]:
         code = subprocess.call(cmd, stdout=out, stderr=err, cwd=logs)
     why = None
     if code != 0:
-        lines = _tail(os.path.join(logs, "prepare_tune.err"), STDERR_TAIL_LINES).splitlines()
+        lines = tail(os.path.join(logs, "prepare_tune.err"), STDERR_TAIL_LINES).splitlines()
         why = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else f"exit {code}")
         logger.warning("no tuned variant: %s", why)
     atomic_write_text(record_path, json.dumps({"settings": settings, "tuned": None if code else tuned, "why": why},
@@ -328,151 +281,10 @@ def ct_series(size: int, slices: int, folder: str, seed: int = 7) -> np.ndarray:
     return label
 
 
-# ---------------------------------------------------------------------------------------------------- timing
-def run_app(variant: Variant, models: Dict[str, Any], series: str, out: str, logs: str, name: str) -> Dict[str, Any]:
-    """One app process on ``series`` into ``out`` (a new folder); its wall seconds, run.json and SEG file."""
-    cmd = [sys.executable, APP, "-i", series, "-o", out, "-m", models[variant.model], *variant.app_args()]
-    wall = run_logged(cmd, logs, name, cwd=logs)  # the app's own files go to -o; nothing lands in the repository
-    return _result(out, name, wall)
-
-
-def _result(out: str, name: str, wall: float, **extra) -> Dict[str, Any]:
-    with open(os.path.join(out, "run.json")) as f:
-        record = json.load(f)
-    segs = sorted(glob.glob(os.path.join(out, "*.dcm")))
-    if not segs:
-        raise SystemExit(f"deploy_e2e: {name} exited 0 but wrote no DICOM SEG in {out}")
-    return {"wall_s": wall, "record": record, "seg": segs[0], **extra}
-
-
-class Resident:
-    """One ``monai-prune serve --watch`` process per resident variant, fed one study per round: the first study's
-    latency counts from the process launch (start-up, imports, model load and compile included), later ones from
-    the moment the study is dropped into the inbox until its result line appears in ``serve.jsonl``."""
-
-    def __init__(self, variant: Variant, models: Dict[str, Any], work: str, logs: str) -> None:
-        self.variant, self.models, self.logs = variant, models, logs
-        self.inbox = os.path.join(work, "inbox", variant.name)
-        self.out = os.path.join(work, "served", variant.name)
-        self.process: Optional[subprocess.Popen] = None
-        self.count = 0
-        for folder in (self.inbox, self.out):  # a kept --work folder holds the studies of an earlier run
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def run(self, series: str) -> Dict[str, Any]:
-        os.makedirs(self.inbox, exist_ok=True)
-        study = os.path.join(self.inbox, f"study{self.count:03d}")
-        shutil.copytree(series, os.path.join(self.inbox, f".incoming{self.count:03d}"))  # copied outside the timing
-        start = time.perf_counter()
-        if self.process is None:
-            os.makedirs(self.logs, exist_ok=True)
-            self._err = open(os.path.join(self.logs, f"serve_{self.variant.name}.err"), "wb")
-            self.process = subprocess.Popen(
-                [*monai_prune_cli(), "serve", APP, "-m", self.models[self.variant.model], "-o", self.out, "--watch",
-                 self.inbox, "--poll", "0.05", "--", *self.variant.app_args()],
-                stdout=subprocess.DEVNULL, stderr=self._err, cwd=self.logs)
-        os.replace(os.path.join(self.inbox, f".incoming{self.count:03d}"), study)  # one rename: appears complete
-        with open(os.path.join(study, ".ready"), "w"):
-            pass
-        line = self._wait_for(study)
-        wall = time.perf_counter() - start
-        self.count += 1
-        if line["exit_code"] != 0:
-            raise SystemExit(f"deploy_e2e: {self.variant.name} failed on {study} (exit {line['exit_code']}); see "
-                             f"{self._err.name}")
-        return _result(line["output"], self.variant.name, wall, first=line["first"])
-
-    def _wait_for(self, study: str) -> Dict[str, Any]:
-        log = os.path.join(self.out, "serve.jsonl")
-        while True:
-            if os.path.isfile(log):
-                with open(log) as f:
-                    for text in f:
-                        line = json.loads(text)
-                        if line["study"] == study:
-                            return line
-            if self.process.poll() is not None:
-                raise SystemExit(f"deploy_e2e: the serve process of {self.variant.name} exited with "
-                                 f"{self.process.returncode}:\n{_tail(self._err.name)}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=120)
-            self._err.close()
-
-
-def run_rounds(variants: Sequence[Variant], models: Dict[str, Any], series: str, work: str,
-               rounds: int) -> Dict[str, List[Dict[str, Any]]]:
-    """``rounds`` rounds over every variant, round ``r`` starting at variant ``r`` (rotated order). A resident
-    variant's first round is its first study (process launch included); the later rounds are its steady state."""
-    runs: Dict[str, List[Dict[str, Any]]] = {v.name: [] for v in variants}
-    logs = os.path.join(work, "logs")
-    residents = {v.name: Resident(v, models, work, logs) for v in variants if v.resident}
-    try:
-        for r in range(rounds):
-            order = [variants[(r + i) % len(variants)] for i in range(len(variants))]
-            for v in order:
-                time.sleep(_bench.SWITCH_PAUSE_S)
-                if v.resident:
-                    result = residents[v.name].run(series)
-                else:
-                    result = run_app(v, models, series, os.path.join(work, "runs", f"round{r}", v.name), logs,
-                                     f"round{r}_{v.name}")
-                runs[v.name].append(result)
-                logger.info("round %d/%d %s: %.1f s wall, %.1f s in the app", r + 1, rounds, v.name,
-                            result["wall_s"], result["record"]["seconds"].get("app", float("nan")))
-    finally:
-        for resident in residents.values():
-            resident.stop()
-    return runs
-
-
 # ---------------------------------------------------------------------------------------------------- results
-STAGES = {  # column: run.json stages summed (any operator name)
-    "load": ("dicom_loader", "series_selector", "series_to_volume"),
-    "preprocessing": (".preprocessing",),
-    "network": (".network",),
-    "postprocessing": (".postprocessing",),
-    "seg_write": ("dicom_seg_writer",),
-}
-
-
-def stage_seconds(seconds: Dict[str, float]) -> Dict[str, float]:
-    """Per-stage seconds of one run.json: DICOM load, pre-processing, network, post-processing (with the
-    inversion to the input grid), SEG writing, and the rest of the app (model load, graph set-up)."""
-    out = {}
-    for column, keys in STAGES.items():
-        out[column] = sum(v for k, v in seconds.items() if any(k == key or (key.startswith(".") and k.endswith(key))
-                                                                 for key in keys))
-    out["app_other"] = max(0.0, seconds.get("app", 0.0) - sum(out.values()))
-    return out
-
-
 def make_rows(variants: Sequence[Variant], runs: Dict[str, List[Dict[str, Any]]], label: np.ndarray,
               series: str) -> List[Dict[str, Any]]:
-    rows = []
-    for v in variants:
-        results = runs[v.name]
-        steady = [r for r in results if not r.get("first")] if v.resident else results
-        first = next((r for r in results if r.get("first")), None)
-        per_run = [stage_seconds(r["record"]["seconds"]) for r in steady]
-        stages = {k: statistics.median(p[k] for p in per_run) for k in per_run[0]} if per_run else {}
-        record = results[-1]["record"]
-        # start-up: launch to the runner's start (interpreter, imports); a resident study has none
-        startup = [0.0 if v.resident else r["wall_s"] - r["record"]["seconds"]["total"] for r in steady]
-        rows.append({
-            "variant": v.name, "operator": v.operator, "backend": record["backend"], "resident": v.resident,
-            "precision": record["precision"], "model": record["model"],
-            "postprocessing": next(iter(record.get("stages", {}).values()), "bundle"),
-            "wall_s": statistics.median(r["wall_s"] for r in steady) if steady else None,
-            "wall_s_runs": [r["wall_s"] for r in steady],
-            "first_study_s": first["wall_s"] if first else (statistics.median(r["wall_s"] for r in results)),
-            "startup_s": statistics.median(startup) if startup else None,
-            "stages_s": stages, "seconds_runs": [r["record"]["seconds"] for r in results],
-            "seg": results[-1]["seg"],
-        })
+    rows = [summarize(v, runs[v.name]) for v in variants]
     dense = rows[0]
     segs = {row["variant"]: read_segmentation(row["seg"], series) for row in rows}
     for row in rows:
@@ -550,32 +362,11 @@ def card_pipeline(rows: Sequence[Dict[str, Any]], what: str, max_delta: float = 
     if not kept:
         return None
     best = min(kept, key=lambda r: r["wall_s"])
-    stages = {"start-up and imports": (dense["startup_s"], best["startup_s"])}
-    stages.update({name: (dense["stages_s"].get(key), best["stages_s"].get(key)) for key, name in (
-        ("load", "DICOM load"), ("preprocessing", "preprocessing"), ("network", "network (sliding window)"),
-        ("postprocessing", "postprocessing (inversion to the input grid)"), ("seg_write", "DICOM SEG writing"),
-        ("app_other", "rest of the app (model load, graph set-up)"))})
     post = best["postprocessing"].replace(" on the input grid", "")
-    return {"variant": best["variant"],
-            "what": f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, {post} "
-                    f"postprocessing), Dice vs label {best['dice_vs_label']:.4f}"
-                    f" vs dense {dense['dice_vs_label']:.4f}, Dice vs the dense SEG {best['dice_vs_dense']:.4f}",
-            "end_to_end": {"before": dense["wall_s"], "after": best["wall_s"]},
-            "first_study": {"before": dense["first_study_s"], "after": best["first_study_s"]},
-            "stages": {k: {"before": b, "after": a} for k, (b, a) in stages.items()}}
-
-
-def write_card_pipeline(bundle: str, pipeline: Optional[Dict[str, Any]]) -> Optional[str]:
-    """Put ``pipeline`` into ``bundle``'s fidelity card (JSON and Markdown, each written atomically)."""
-    path = os.path.join(bundle, "docs", "fidelity_card.json")
-    if pipeline is None or not os.path.isfile(path):
-        return None
-    card = FidelityCard.load(path)
-    card.pipeline_s = pipeline
-    card = FidelityCard.from_dict(card.to_dict())  # the normal form (plain JSON values)
-    card.to_json(path)
-    atomic_write_text(os.path.join(bundle, "docs", "fidelity_card.md"), card.to_markdown())
-    return path
+    return pipeline_section(dense, best, f"{what}; after = {best['variant']} ({best['backend']} {best['precision']}, "
+                                         f"{post} postprocessing), Dice vs label {best['dice_vs_label']:.4f} vs dense "
+                                         f"{dense['dice_vs_label']:.4f}, Dice vs the dense SEG "
+                                         f"{best['dice_vs_dense']:.4f}")
 
 
 def tuned_line(tuned: Optional[str], record: str) -> str:
@@ -590,16 +381,6 @@ def tuned_line(tuned: Optional[str], record: str) -> str:
         metadata = json.load(f)
     return "Tuned variant (`monai-prune tune-pipeline --write-bundle`, on a separate tuning series): " + next(
         iter(metadata["changelog"].values()))
-
-
-def machine() -> Dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def compression_line(compressed: str) -> str:
@@ -633,11 +414,12 @@ def main() -> None:
     warm_series = os.path.join(work, "warmup_series")
     ct_series(64, 16, warm_series)
     logger.info("untimed warm-up run")
-    run_app(variants[0], models, warm_series, os.path.join(work, "runs", "warmup"), os.path.join(work, "logs"),
+    run_app(APP, variants[0], models, warm_series, os.path.join(work, "runs", "warmup"), os.path.join(work, "logs"),
             "warmup")
     shutil.rmtree(os.path.join(work, "runs"), ignore_errors=True)
     before = _bench._cpu_seconds()
-    runs = run_rounds(variants, models, series, work, args.rounds)
+    runs = run_rounds(APP, variants, models, [series], work, args.rounds, pause=_bench.SWITCH_PAUSE_S,
+                      log=logger.info)
     after = _bench._cpu_seconds()
     rows = make_rows(variants, runs, label, series)
     host = machine()
@@ -697,4 +479,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AppRunError as e:  # a preparation step or an app run failed: the tail of its stderr
+        raise SystemExit(f"deploy_e2e: {e}\n--- last {STDERR_TAIL_LINES} lines of {e.log} ---\n{tail(e.log)}"
+                         "--- end of stderr ---")

@@ -6,8 +6,8 @@ stderr with exit code 2, never a traceback.
 The package: :func:`main` and :func:`make_parser` here, with the network helpers the commands share
 (``load_network_def``, ``build_network``, ``load_weights``, ``load_weights_into``); the commands and their arguments
 in :mod:`.prune_commands` (prune, measure), :mod:`.bundle_commands` (recipes, compress-bundle),
-:mod:`.deploy_commands` (deploy run, serve, tune-pipeline, package) and :mod:`.search_commands` (demo, search,
-report); :mod:`.common` holds the ``--input-shape`` type and :func:`our_error`.
+:mod:`.deploy_commands` (deploy run, serve, tune-pipeline, time-pipeline, package) and :mod:`.search_commands` (demo,
+search, report); :mod:`.common` holds the ``--input-shape`` type and :func:`our_error`.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def make_parser() -> argparse.ArgumentParser:
     search_commands.add_demo_parser(sub)
     prune_commands.add_parsers(sub)  # prune, measure
     bundle_commands.add_parsers(sub)  # recipes, compress-bundle
-    deploy_commands.add_parsers(sub)  # deploy run, serve, tune-pipeline, package
+    deploy_commands.add_parsers(sub)  # deploy run, serve, tune-pipeline, time-pipeline, package
     search_commands.add_parsers(sub)  # search, report
     return parser
 

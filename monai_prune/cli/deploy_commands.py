@@ -1,5 +1,6 @@
-"""``monai-prune deploy run``, ``serve``, ``tune-pipeline`` and ``package``: the MONAI Deploy apps under ``apps/``
-run once or resident, a compressed bundle's pipeline knobs measured, and an app packaged (MAP folder, Triton)."""
+"""``monai-prune deploy run``, ``serve``, ``tune-pipeline``, ``time-pipeline`` and ``package``: the MONAI Deploy apps
+under ``apps/`` run once or resident, a compressed bundle's pipeline knobs measured, the whole pipeline timed against
+the dense model, and an app packaged (MAP folder, Triton)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ APPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 
 
 def add_parsers(sub) -> None:
-    """The ``deploy`` (``deploy run``), ``serve``, ``tune-pipeline`` and ``package`` subcommands."""
+    """The ``deploy`` (``deploy run``), ``serve``, ``tune-pipeline``, ``time-pipeline`` and ``package`` subcommands."""
     _add_deploy_parser(sub)
     _add_serve_parser(sub)
     _add_tune_parser(sub)
+    _add_time_parser(sub)
     _add_package_parser(sub)
 
 
@@ -89,6 +91,41 @@ def _add_tune_parser(sub) -> None:
     tune.set_defaults(func=_cmd_tune_pipeline)
 
 
+def _add_time_parser(sub) -> None:
+    timing = sub.add_parser(
+        "time-pipeline", help="time the whole DICOM -> SEG pipeline, dense vs compressed, end to end and per stage, "
+                              "with the compressed SEG's per-class Dice against the dense SEG",
+        description="Runs the deploy app on every --series: before = the dense model (--dense) through the SDK's "
+                    "stock operator, one app process per study (launch to exit); after = the compressed BUNDLE "
+                    "through monai-prune's operator at --backend/--precision, one app process per study or, with "
+                    "--resident, one `monai-prune serve` process (first study = launch to SEG, steady state = the "
+                    "later studies). One untimed warm-up, then --rounds interleaved rounds; medians. Seconds per "
+                    "stage from each run's run.json (start-up, DICOM load, preprocessing, network, postprocessing, "
+                    "SEG writing, rest of the app). Both SEGs are read back: per-class Dice of the compressed SEG vs "
+                    "the dense SEG, and voxel agreement (no label needed). Prints a Markdown table; --write-bundle "
+                    "writes a copy of BUNDLE whose fidelity card carries the end-to-end section (BUNDLE is never "
+                    "changed).")
+    timing.add_argument("bundle", help="the compressed bundle folder")
+    timing.add_argument("--dense", required=True,
+                        help="the dense model run today: a TorchScript file (python -m monai.bundle ckpt_export) or "
+                             "a bundle folder")
+    timing.add_argument("--series", nargs="+", required=True, metavar="DIR", help="DICOM series folders (studies)")
+    timing.add_argument("--app", default="ct_seg_compressed",
+                        help="app folder, app.py, or a name under apps/ (default ct_seg_compressed)")
+    timing.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3; medians)")
+    timing.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino"])
+    timing.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"])
+    timing.add_argument("--resident", action="store_true",
+                        help="run the compressed bundle in one `monai-prune serve` process for every study")
+    timing.add_argument("--work", help="keep the runs' outputs (the SEGs --json names) and logs in this folder "
+                                       "(default: a temporary one, removed)")
+    timing.add_argument("--json", help="also write rows, accuracy, settings, machine and the card section here")
+    timing.add_argument("--write-bundle", dest="write_bundle", metavar="OUT",
+                        help="write a copy of BUNDLE at OUT (a new folder) whose docs/fidelity_card.json and .md "
+                             "carry the end-to-end section")
+    timing.set_defaults(func=_cmd_time_pipeline)
+
+
 def _add_package_parser(sub) -> None:
     package = sub.add_parser("package", help="write a MAP-ready folder for a deploy app (+ a Triton model repository)")
     package.add_argument("app", help="app folder, app.py, or a name under apps/")
@@ -149,6 +186,20 @@ def _cmd_tune_pipeline(args) -> int:
     if args.write_bundle:
         print(f"wrote {write_tuned_bundle(result, args.write_bundle)} (its inference config runs the shipped "
               "setting; configs/metadata.json compression.pipeline_knobs says what it saved and cost)")
+    return 0
+
+
+def _cmd_time_pipeline(args) -> int:
+    from ..deploy.time_pipeline import time_pipeline
+    from ..utils import atomic_write_text
+
+    result = time_pipeline(app_script(args.app), args.bundle, args.dense, args.series, rounds=args.rounds,
+                           backend=args.backend, precision=args.precision, resident=args.resident, work=args.work,
+                           write_bundle=args.write_bundle)
+    print(result["markdown"])
+    if args.json:
+        atomic_write_text(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 

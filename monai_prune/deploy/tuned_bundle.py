@@ -19,12 +19,13 @@ It is written beside ``OUT`` and renamed into place only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 
@@ -61,6 +62,26 @@ def check_target(bundle: str, out: str) -> None:
     refuse_nested(bundle, out)
     if os.path.exists(out):
         raise ConfigError(f"--write-bundle {out} exists: give a new folder (nothing was written)")
+
+
+@contextlib.contextmanager
+def bundle_copy(src: str, out: str) -> Iterator[str]:
+    """A copy of ``src`` to edit (files with the user's umask, no ``__pycache__``), made in a work folder beside
+    ``out`` and renamed to ``out`` when the block ends; removed, with nothing at ``out``, when it raises."""
+    check_target(src, out)
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        staging = os.path.join(work, "bundle")
+        shutil.copytree(src, staging, ignore=shutil.ignore_patterns("__pycache__"))
+        for root, dirs, files in os.walk(staging):
+            for name in dirs + files:
+                give_umask_mode(os.path.join(root, name))
+        yield staging
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _evidence(result: Dict[str, Any], row: Dict[str, Any]) -> Dict[str, Any]:
@@ -100,15 +121,7 @@ def write_tuned_bundle(result: Dict[str, Any], out: str, row: Optional[Dict[str,
     check_target(src, out)
     verify_model_files(src)
     verify_config_files(src)  # nothing edited since it was measured
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    try:
-        staging = os.path.join(work, "bundle")
-        shutil.copytree(src, staging, ignore=shutil.ignore_patterns("__pycache__"))
-        for root, dirs, files in os.walk(staging):
-            for name in dirs + files:
-                give_umask_mode(os.path.join(root, name))
+    with bundle_copy(src, out) as staging:
         configs = os.path.join(staging, "configs")
         inference_path = os.path.join(configs, os.path.basename(result["config"]))
         if not inference_path.endswith(".json"):
@@ -149,8 +162,5 @@ def write_tuned_bundle(result: Dict[str, Any], out: str, row: Optional[Dict[str,
         metadata["model_files"] = {name: sha256(os.path.join(models, name)) for name in metadata["model_files"]}
         metadata["config_files"] = config_digests(staging)
         atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     logger.info("wrote %s: %s", out, note)
     return out

@@ -54,10 +54,11 @@ class FidelityCard:
         allowed_degraded: the artifact was written despite ``broken`` (``--allow-degraded``).
         cases: number of validation cases measured.
         notes: free sentences (where the numbers come from, caveats).
-        pipeline_s: the whole deployed pipeline timed (e.g. by ``benchmarks/deploy_e2e.py``, DICOM in to SEG out):
-            ``{"what", "end_to_end": {"before", "after"}, "first_study": {...}, "stages": {stage: {"before",
-            "after"}}}`` seconds, before = the dense model's stock pipeline, after = the compressed one; ``None`` when
-            the pipeline was not timed (``compress-bundle`` times the network and the bundle's inferer only).
+        pipeline_s: the whole deployed pipeline timed, DICOM in to SEG out (``monai-prune time-pipeline``,
+            ``benchmarks/deploy_e2e.py``): ``{"what", "end_to_end": {"before", "after"}, "first_study": {...},
+            "stages": {stage: {"before", "after"}}}`` seconds, before = the dense model's stock pipeline, after = the
+            compressed one; ``None`` when the pipeline was not timed (``compress-bundle`` times the network and the
+            bundle's inferer only).
         label_mode: segmentation only: ``"multi_label"`` when every output channel is its own class measured on its
             binary mask (channels may overlap, e.g. BraTS TC/WT/ET), ``"multi_class"`` for exclusive classes;
             ``None`` when unknown (cards written before it existed).
