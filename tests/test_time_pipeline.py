@@ -10,6 +10,7 @@ lower, so the two SEGs differ by a few boundary voxels: a Dice of exactly 1.0 wo
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -145,20 +146,26 @@ def test_resident_after_is_one_serve_process_over_two_studies_its_first_timed_fr
     bundle, dense, series, base = tiny
     work = tmp_path / "work"
     studies = [series, str(base / "series2")]
-    result = time_pipeline(CT_APP, bundle, dense, studies, rounds=1, backend="torchscript", precision="fp32",
+    result = time_pipeline(CT_APP, bundle, dense, studies, rounds=2, backend="torchscript", precision="fp32",
                            resident=True, work=str(work))
     dense_row, resident = result["rows"]
-    assert len(dense_row["wall_s_runs"]) == 2 and dense_row["startup_s"] > 0  # one app process per study
-    assert resident["resident"] and resident["startup_s"] == 0.0 and len(resident["wall_s_runs"]) == 1
-    # the first study pays for the launch, imports and model load; the steady state (the second study) does not
-    assert resident["first_study_s"] > resident["wall_s"]
+    assert len(dense_row["wall_s_runs"]) == 4 and dense_row["startup_s"] > 0  # one app process per study
+    assert resident["resident"] and resident["startup_s"] == 0.0 and len(resident["wall_s_runs"]) == 3
+    for row in (dense_row, resident):  # studies of different sizes are never mixed in one median: per series, summed
+        by_series = {}
+        for seconds, index in zip(row["wall_s_runs"], row["wall_s_runs_series"]):
+            by_series.setdefault(index, []).append(seconds)
+        assert sorted(by_series) == [0, 1]
+        assert row["wall_s"] == pytest.approx(sum(statistics.median(v) for v in by_series.values()))
+    # the first study pays for the launch, imports and model load; the steady state does not
+    assert resident["first_study_s"] > max(resident["wall_s_runs"])
     pipeline = result["pipeline"]
     assert pipeline["first_study"]["after"] == resident["first_study_s"]
     assert pipeline["end_to_end"]["after"] < pipeline["end_to_end"]["before"]  # no start-up per study
     assert "one monai-prune serve process (resident)" in pipeline["what"] and result["written"] is None
-    assert "2 series x 1 round(s)" in pipeline["what"]
+    assert "2 series x 2 round(s); seconds: the median per series, summed over the series" in pipeline["what"]
     served = [json.loads(line) for line in open(work / "served" / resident["variant"] / "serve.jsonl")]
-    assert [(line["exit_code"], line["first"]) for line in served] == [(0, True), (0, False)]  # one process
+    assert [(line["exit_code"], line["first"]) for line in served] == [(0, True)] + [(0, False)] * 3  # one process
     # each study's SEGs compared on that study; the card reports the worse one
     per_series = result["accuracy"]["per_series"]
     assert [p["series"] for p in per_series] == studies
@@ -208,7 +215,7 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_runs(tiny, tmp_path, c
     _refused(capsys, args(dense=str(tmp_path / "missing.ts")), "missing.ts does not exist")
     _refused(capsys, args(dense=str(not_dicom)), "neither a compressed bundle")  # a folder, but no bundle
     _refused(capsys, args(rounds="0"), "--rounds must be at least 1")
-    _refused(capsys, [*args(rounds="1"), "--resident"], "--resident needs a steady state")
+    _refused(capsys, [*args(rounds="1"), "--resident"], "--resident needs a steady state", "--rounds 2")
     _refused(capsys, args(work=os.path.join(bundle, "work")), "--work")
     _refused(capsys, [series, *good], "not a compressed bundle folder")
     assert sorted(os.listdir(tmp_path)) == ["existing", "model.pt", "notes"]  # no OUT, no work folder, no staging

@@ -229,24 +229,39 @@ def stage_seconds(seconds: Mapping[str, float]) -> Dict[str, float]:
     return out
 
 
+def _summed_medians(runs: Sequence[Dict[str, Any]], value) -> Optional[float]:
+    """The median of ``value(run)`` over each series' runs, summed over the series (studies of different sizes are
+    never mixed in one median: the result is the seconds for the whole set of studies); None without runs."""
+    by_series: Dict[int, List[float]] = {}
+    for r in runs:
+        by_series.setdefault(r.get("series", 0), []).append(value(r))
+    return sum(statistics.median(v) for v in by_series.values()) if by_series else None
+
+
 def summarize(variant: Variant, results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """One variant's runs as medians: ``wall_s`` (steady state: every one-shot run, a resident variant's runs after
-    its first), ``first_study_s`` (a resident variant's first run, else the steady median), ``startup_s`` (wall
-    minus the app's total: interpreter, imports; 0 for a resident study), ``stages_s`` (:func:`stage_seconds`)."""
+    """One variant's runs as medians per series, summed over the series (one series: plain medians): ``wall_s``
+    (steady state: every one-shot run, a resident variant's runs after its first), ``first_study_s`` (a resident
+    variant's first run, else the median of the first series' runs), ``startup_s`` (wall minus the app's total:
+    interpreter, imports; 0 for a resident study), ``stages_s`` (:func:`stage_seconds`)."""
     steady = [r for r in results if not r.get("first")] if variant.resident else list(results)
     first = next((r for r in results if r.get("first")), None)
-    per_run = [stage_seconds(r["record"]["seconds"]) for r in steady]
+    stages = {id(r): stage_seconds(r["record"]["seconds"]) for r in steady}
     record = results[-1]["record"]
-    startup = [0.0 if variant.resident else r["wall_s"] - r["record"]["seconds"]["total"] for r in steady]
+    first_series = results[0].get("series", 0) if results else 0
+    keys = list(stages[id(steady[0])]) if steady else []
     return {
         "variant": variant.name, "operator": variant.operator, "backend": record["backend"],
         "resident": variant.resident, "precision": record["precision"], "model": record["model"],
         "postprocessing": next(iter(record.get("stages", {}).values()), "bundle"),
-        "wall_s": statistics.median(r["wall_s"] for r in steady) if steady else None,
+        "wall_s": _summed_medians(steady, lambda r: r["wall_s"]),
         "wall_s_runs": [r["wall_s"] for r in steady],
-        "first_study_s": first["wall_s"] if first else statistics.median(r["wall_s"] for r in results),
-        "startup_s": statistics.median(startup) if startup else None,
-        "stages_s": {k: statistics.median(p[k] for p in per_run) for k in per_run[0]} if per_run else {},
+        "wall_s_runs_series": [r.get("series", 0) for r in steady],
+        "first_study_s": first["wall_s"] if first else statistics.median(
+            r["wall_s"] for r in results if r.get("series", 0) == first_series),
+        "startup_s": _summed_medians(steady, lambda r: 0.0 if variant.resident
+                                     else r["wall_s"] - r["record"]["seconds"]["total"]),
+        "stages_s": {k: _summed_medians(steady, lambda r, k=k: stages[id(r)][k]) for k in keys},
+        "series": len({r.get("series", 0) for r in results}),
         "seconds_runs": [r["record"]["seconds"] for r in results],
         "seg": results[-1]["seg"],
     }

@@ -47,9 +47,9 @@ def check_inputs(bundle: str, dense: str, series: Sequence[str], backend: str = 
         raise ConfigError(f"--rounds must be at least 1, got {rounds}")
     if not series:
         raise InputError("no --series: give one or more DICOM series folders")
-    if resident and rounds * len(series) < 2:
-        raise ConfigError("--resident needs a steady state after the first study: --rounds 2 or more, or several "
-                          "--series")
+    if resident and rounds < 2:
+        raise ConfigError("--resident needs a steady state after the first study for every series: --rounds 2 or "
+                          "more (the resident process's first study is its start-up)")
     if not os.path.isdir(bundle) or bundle_root(bundle) != os.path.abspath(bundle):
         raise InputError(f"BUNDLE {bundle} is not a compressed bundle folder (configs/metadata.json)")
     if write_bundle:  # the cheap checks first: nothing is read or logged for a refused command
@@ -160,7 +160,8 @@ def _what(app: str, bundle: str, dense: str, series: Sequence[str], rounds: int,
     how = "one monai-prune serve process (resident)" if after["resident"] else "one app process per study"
     dice = ", ".join(f"{name} {value:.4f}" for name, value in accuracy["dice_vs_dense"].items())
     return (f"DICOM series to DICOM SEG with {os.path.basename(os.path.dirname(os.path.abspath(app)))}, monai-prune "
-            f"time-pipeline on {host['cpus']} CPUs ({len(series)} series x {rounds} round(s), medians); before = the "
+            f"time-pipeline on {host['cpus']} CPUs ({len(series)} series x {rounds} round(s); seconds: the median "
+            f"per series{', summed over the series' if len(series) > 1 else ''}); before = the "
             f"dense model ({os.path.basename(os.path.normpath(dense))}) through the SDK's stock operator, one app "
             f"process per study; after = {_model_name(after, bundle)} ({after['backend']} {after['precision']}, "
             f"{post} postprocessing, {how}); per-class Dice of the compressed SEG vs the "
