@@ -57,6 +57,9 @@ class SearchConfig:
             guardrails against the dense model at the baseline (:mod:`~monai_prune.search.knobs`). Empty: none.
         pipeline_baseline: the value of every knob that ``evaluate`` and ``latency`` use when called without it (the
             setting every candidate is measured at), e.g. ``{"overlap": 0.25, "sw_batch_size": 1}``.
+        pipeline_min_saving: the smallest saving (a fraction of the chosen model's time at the baseline) a knob
+            setting must show to be combined or shipped: below it, the difference is within the timing noise of a
+            shared machine and the baseline is kept.
     """
 
     ratios: Sequence[float] = (0.25, 0.5, 0.625, 0.75)
@@ -75,6 +78,7 @@ class SearchConfig:
     int8_keep_fp32: str = "none"
     pipeline_knobs: Dict[str, Sequence[Any]] = field(default_factory=dict)
     pipeline_baseline: Dict[str, Any] = field(default_factory=dict)
+    pipeline_min_saving: float = 0.05
 
     def validate(self) -> None:
         from ..runtime import BACKENDS
@@ -97,6 +101,8 @@ class SearchConfig:
         if self.strategy == "bisect" and not (isinstance(self.bisect_steps, int) and 1 <= self.bisect_steps <= 8):
             raise ConfigError(f"bisect_steps must be an integer in 1..8, got {self.bisect_steps!r}")
         check_pipeline_knobs(self.pipeline_knobs, self.pipeline_baseline, {})
+        if not (isinstance(self.pipeline_min_saving, (int, float)) and 0.0 <= self.pipeline_min_saving < 1.0):
+            raise ConfigError(f"pipeline_min_saving is a fraction in [0, 1), got {self.pipeline_min_saving!r}")
 
 
 def check_pipeline_knobs(knobs: Mapping[str, Sequence[Any]], baseline: Mapping[str, Any],

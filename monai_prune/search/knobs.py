@@ -12,8 +12,9 @@ one every candidate was measured at). The chosen model is measured at each value
   baseline, then at each setting, back to back (:func:`~monai_prune.measure.paired_latency`); per setting the median
   over rounds of dense / setting (the speed-up the user gets) and of 1 - setting / chosen baseline (the saving).
 
-Then the passing value that saves most of each knob are combined and measured the same way. The shipped setting is
-the fastest passing setting that saves time (combined or single); none when no knob value passes and saves. Every
+Then the passing values that save most, one per knob, are combined and measured the same way. The shipped setting is
+the fastest passing setting that saves more than ``pipeline_min_saving`` (default 5%: less is within the timing noise
+of a shared machine), combined or single; none when no knob value passes and saves that much. Every
 measurement is a line of the search log (``kind`` ``knob`` / ``knob-timing``), so a resumed search re-decides without
 measuring again.
 """
@@ -155,18 +156,19 @@ def knob_stage(ctx: SearchContext, meter: Meter, builder: CandidateBuilder, dens
         stage.measured(overrides)
     triples = stage.timings([o for _, o in singles])
     rows = [stage.row(k, o, triples[label(o)]) for k, o in singles]
+    floor = 100.0 * float(ctx.config.pipeline_min_saving)
     best: Dict[str, Dict[str, Any]] = {}
     for row in rows:
-        if row["passes"] and row["saving_pct"] > best.get(row["knob"], {}).get("saving_pct", 0.0):
+        if row["passes"] and row["saving_pct"] > max(floor, best.get(row["knob"], {}).get("saving_pct", 0.0)):
             best[row["knob"]] = row
     if len(best) >= 2:
         combined = {k: v for row in best.values() for k, v in row["overrides"].items()}
         stage.measured(combined)
         rows.append(stage.row(COMBINED, combined, stage.timings([combined])[label(combined)]))
     base_row = stage.row(BASELINE, {}, triples[BASELINE])
-    shipping = [r for r in rows if r["passes"] and r["saving_pct"] > 0]
+    shipping = [r for r in rows if r["passes"] and r["saving_pct"] > floor]
     shipped = max(shipping, key=lambda r: r["speedup"], default=None)
-    result = {"baseline": stage.baseline, "candidate": chosen.key, "rounds": stage.rounds,
+    result = {"baseline": stage.baseline, "candidate": chosen.key, "rounds": stage.rounds, "min_saving_pct": floor,
               "rows": [base_row] + rows, "shipped": shipped,
               "lines": [sentence(r) for r in rows]}
     for line in result["lines"]:
@@ -175,7 +177,8 @@ def knob_stage(ctx: SearchContext, meter: Meter, builder: CandidateBuilder, dens
         logger.info("pipeline setting shipped: %s (%.2fx faster than the dense model at the baseline)",
                     shipped["label"], shipped["speedup"])
     else:
-        logger.info("pipeline setting: the baseline is kept (no knob value held every guardrail and saved time)")
+        logger.info("pipeline setting: the baseline is kept (no knob value held every guardrail and saved more than "
+                    "%.0f%%)", floor)
     return result
 
 

@@ -87,7 +87,8 @@ def pipeline_note(pipeline: Mapping[str, Any]) -> str:
     shipped, base = pipeline["shipped"], pipeline["rows"][0]
     if shipped is None:
         return (f"Pipeline knobs searched ({len(pipeline['lines'])} setting(s), in search.json and candidates.md): no "
-                f"setting both held every guardrail and saved time, so the workload's own setting "
+                f"setting both held every guardrail and saved more than {pipeline['min_saving_pct']:.0f}% of the "
+                f"time, so the workload's own setting "
                 f"({knob_text(pipeline['baseline'])}) is kept.")
     worst = shipped["worst_class"]
     return (f"Pipeline setting: {knob_text(shipped['overrides'])} instead of "
