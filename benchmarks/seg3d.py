@@ -27,8 +27,9 @@ How it is timed
 
 Output
     With the window knob (default; ``--no-whole-volume`` leaves it out), every configuration is also timed with ONE
-    window over the whole volume (roi = ``--size``\ ³, so no overlap and no blending): those rows have
-    ``sw_batch_size`` 0 and ``window`` "whole". The line "Network target" then compares the fastest row (any window)
+    window over the whole volume (roi = ``--size``\ ³, so no overlap): those rows have ``sw_batch_size`` 0 and
+    ``window`` "whole"; and with MONAI's ``SimpleInferer`` (one network call on the whole volume, no sliding-window
+    bookkeeping: the same output as one window, whose blending weights divide out): ``sw_batch_size`` -1. The line "Network target" then compares the fastest row (any window)
     with dense torch eager at its best sw_batch_size at the stock window (``--roi``, overlap 0.25), the issue's 8x
     target. The weights are random, so this benchmark cannot say what a window costs in accuracy: the
     window knob's per-class Dice on a trained model is measured by ``monai-prune search --roi-sizes whole``.
@@ -62,17 +63,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from monai.inferers import sliding_window_inference  # noqa: E402
+from monai.inferers import SimpleInferer, sliding_window_inference  # noqa: E402
 
 import _bench  # noqa: E402
 from monai_prune.data import synthetic_ct  # noqa: E402
-from monai_prune.measure import sliding_window_latency  # noqa: E402
+from monai_prune.measure import sliding_window_latency, time_call  # noqa: E402
 from monai_prune.quantization import CalibrationSet, calibration_data  # noqa: E402
 from monai_prune.workflows import spleen_unet  # noqa: E402
 
 OVERLAP = 0.25
 SW_BATCH_SIZES = (1, 4)
 WHOLE_VOLUME = 0  # the sw_batch_size column's code for the window knob: one window over the whole volume
+SIMPLE_INFERER = -1  # ... and for the inferer knob: MONAI's SimpleInferer, one network call on the whole volume
 NETWORK_TARGET = 8.0  # issue 18: the network part >= 8x faster than dense torch eager at its best sw_batch_size
 HU_WINDOW = (-57.0, 164.0)  # the spleen bundle's ScaleIntensityRanged window -> 0..1
 CALIBRATION_VOLUMES = 2
@@ -102,18 +104,20 @@ def window_options(parser) -> None:
 
 
 def window_of(sw_batch_size: int, roi: Tuple[int, ...], size: int) -> Tuple[Tuple[int, ...], int]:
-    """``(roi, sw_batch_size)`` a configuration's code stands for: :data:`WHOLE_VOLUME` is one ``size``³ window."""
-    return ((size,) * 3, 1) if sw_batch_size == WHOLE_VOLUME else (roi, sw_batch_size)
+    """``(roi, sw_batch_size)`` a configuration's code stands for: :data:`WHOLE_VOLUME` and :data:`SIMPLE_INFERER`
+    are one ``size``³ window."""
+    return ((size,) * 3, 1) if sw_batch_size in (WHOLE_VOLUME, SIMPLE_INFERER) else (roi, sw_batch_size)
 
 
 def add_window_fields(rows: List[dict], roi: int, size: int) -> None:
     """Each row's ``window`` and its speed-up over dense torch eager at its best sw_batch_size at the stock window
     (``speedup_vs_dense_torch_best_stock``: the reference of the issue's network target)."""
     stock = [r["latency_s"] for r in rows if r["variant"] == "dense" and r["backend"] == "torch"
-             and r["precision"] == "fp32" and r["sw_batch_size"] != WHOLE_VOLUME]
+             and r["precision"] == "fp32" and r["sw_batch_size"] > 0]
     best = min(stock) if stock else None
+    names = {WHOLE_VOLUME: f"whole {size}^3 (one window)", SIMPLE_INFERER: f"whole {size}^3, SimpleInferer"}
     for r in rows:
-        r["window"] = f"whole {size}^3 (one window)" if r["sw_batch_size"] == WHOLE_VOLUME else f"{roi}^3"
+        r["window"] = names.get(r["sw_batch_size"], f"{roi}^3")
         r["speedup_vs_dense_torch_best_stock"] = best / r["latency_s"] if best else None
 
 
@@ -124,7 +128,7 @@ def target_line(rows: List[dict]) -> str:
         return "Network target: cannot tell (dense torch eager was not timed)."
     best = max(measured, key=lambda r: r["speedup_vs_dense_torch_best_stock"])
     speedup = best["speedup_vs_dense_torch_best_stock"]
-    stock = max((r for r in measured if r["sw_batch_size"] != WHOLE_VOLUME),
+    stock = max((r for r in measured if r["sw_batch_size"] > 0),
                 key=lambda r: r["speedup_vs_dense_torch_best_stock"], default=None)
     text = (f"Network target (>= {NETWORK_TARGET:.0f}x vs dense torch eager at its best sw_batch_size, stock window): "
             f"{speedup:.2f}x with {best['variant']} / {best['backend']} / {best['precision']}, window "
@@ -149,11 +153,16 @@ def main() -> None:
     def warm(predictor, code):
         window, sw_batch_size = window_of(code, roi, args.size)
         with torch.no_grad():
-            sliding_window_inference(volume, window, sw_batch_size, predictor, overlap=OVERLAP)
+            if code == SIMPLE_INFERER:
+                SimpleInferer()(volume, predictor)
+            else:
+                sliding_window_inference(volume, window, sw_batch_size, predictor, overlap=OVERLAP)
 
     def measure(predictor, code):
         window, sw_batch_size = window_of(code, roi, args.size)
         with torch.no_grad():
+            if code == SIMPLE_INFERER:
+                return time_call(lambda: SimpleInferer()(volume, predictor), repeats=1, warmup=0)["median_s"]
             result = sliding_window_latency(predictor, volume, window, sw_batch_size=sw_batch_size, overlap=OVERLAP,
                                             repeats=1, warmup=0)
         return result["median_s"]
@@ -165,10 +174,11 @@ def main() -> None:
         f"volumes ({args.size}^3); fidelity on {VALIDATION_PATCHES} held-out patches of another volume. Weights are "
         "seeded random: agreement says how closely int8 follows fp32, not Dice."]
     if args.whole_volume:
-        notes.append(f"sw_batch_size 0 = the window knob: one {args.size}^3 window over the whole volume (no overlap, "
-                     "no blending); its speed-up vs dense torch fp32 is against dense torch eager with the same window.")
-    rows = _bench.benchmark(args, dense, example, example, SW_BATCH_SIZES + ((WHOLE_VOLUME,) if args.whole_volume
-                                                                             else ()), measure, warm, title,
+        notes.append(f"sw_batch_size 0 = the window knob: one {args.size}^3 window over the whole volume (no overlap); "
+                     "-1 = MONAI's SimpleInferer, one network call on the whole volume (the same output); their "
+                     "speed-up vs dense torch fp32 is against dense torch eager with the same knob.")
+    codes = SW_BATCH_SIZES + ((WHOLE_VOLUME, SIMPLE_INFERER) if args.whole_volume else ())
+    rows = _bench.benchmark(args, dense, example, example, codes, measure, warm, title,
                             calibration=lambda: calibration_and_validation(args.size, roi, args.calibration_samples),
                             notes=notes, extra_columns=(("window", lambda r: r["window"]),),
                             finalize=lambda rows: add_window_fields(rows, args.roi, args.size))

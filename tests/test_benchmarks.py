@@ -67,12 +67,13 @@ def test_benchmark_script(tmp_path, monkeypatch, capsys, script, extra):
         assert all(ACCURACY_KEYS <= set(r) for r in int8.values())
         assert "Target, dense int8 on onnxruntime:" in stdout
     if script == "seg3d.py":  # the window knob: one window over the whole volume, and the network target line
-        whole = [r for r in rows if r["sw_batch_size"] == 0]
-        assert whole and {r["window"] for r in whole} == {"whole 48^3 (one window)"}
-        assert {(r["variant"], r["backend"], r["precision"]) for r in whole} == {
-            (r["variant"], r["backend"], r["precision"]) for r in rows if r["sw_batch_size"] == 1}
+        configs = {(r["variant"], r["backend"], r["precision"]) for r in rows if r["sw_batch_size"] == 1}
+        for code, window in ((0, "whole 48^3 (one window)"), (-1, "whole 48^3, SimpleInferer")):
+            whole = [r for r in rows if r["sw_batch_size"] == code]
+            assert {r["window"] for r in whole} == {window}
+            assert {(r["variant"], r["backend"], r["precision"]) for r in whole} == configs
         stock = min(r["latency_s"] for r in rows if (r["variant"], r["backend"]) == ("dense", "torch")
-                    and r["sw_batch_size"] != 0)
+                    and r["sw_batch_size"] > 0)
         for r in rows:  # against dense torch eager at its best sw_batch_size at the stock window, recomputed here
             assert r["speedup_vs_dense_torch_best_stock"] == pytest.approx(stock / r["latency_s"])
         best = max(rows, key=lambda r: r["speedup_vs_dense_torch_best_stock"])
