@@ -192,7 +192,8 @@ def sentence(row: Mapping[str, Any]) -> str:
     if worst is None:
         cost = f"{metric} cost unknown"
     elif own[worst] < 0:
-        cost = f"costs {-own[worst]:.4f} {metric} ({worst})"
+        cost = (f"costs {-own[worst]:.4f} {metric} ({worst})" if own[worst] <= -5e-5
+                else f"costs less than 0.0001 {metric} ({worst}: {own[worst]:+.1e})")
     else:
         cost = f"costs no {metric} (every class {'+' if own[worst] > 0 else ''}{own[worst]:.4f} or better)"
     saving = row["saving_pct"]
