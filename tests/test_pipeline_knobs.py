@@ -199,6 +199,12 @@ def test_write_bundle_ships_the_measured_setting_and_the_copy_runs_it(tiny, meas
     before = _tree(bundle)
     row = chosen_setting(measured)
     assert row["knob"] == "combined" and row["passed"]  # the combined row passed (measured's max_delta is loose)
+    assert row["saving_pct"] > 5.0  # only a saving above the timing noise (5% by default) ships
+    with pytest.raises(ConfigError, match="saved more than 100%"):
+        chosen_setting(measured, min_saving_pct=100.0)  # no setting saves all of its time: nothing ships
+    with pytest.raises(ConfigError, match="nothing to ship"):
+        write_tuned_bundle(measured, str(tmp_path / "never_floor"), min_saving_pct=100.0)
+    assert not os.path.exists(tmp_path / "never_floor")
     out = str(tmp_path / "tuned")
     card = FidelityCard(title="tiny", task="segmentation",
                         per_class={"organ": {"dice": {"before": 0.9, "after": 0.9, "delta": 0.0}}})

@@ -83,6 +83,9 @@ def _add_tune_parser(sub) -> None:
     tune.add_argument("--max-delta", dest="max_delta", type=float, default=0.01,
                       help="largest per-class Dice drop against the baseline (default 0.01)")
     tune.add_argument("--repeats", type=int, default=1, help="timed runs per image and setting (median; default 1)")
+    tune.add_argument("--min-saving", dest="min_saving", type=float, default=5.0, metavar="PCT",
+                      help="--write-bundle ships a setting only if it saved more than PCT percent (default 5: less "
+                           "is within the timing noise of a shared machine)")
     tune.add_argument("--json", help="also write the rows to this JSON file")
     tune.add_argument("--write-bundle", dest="write_bundle", metavar="OUT",
                       help="write a copy of the bundle whose inference config (and model.ts) runs the passing "
@@ -184,7 +187,8 @@ def _cmd_tune_pipeline(args) -> int:
         atomic_write_text(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
         print(f"wrote {args.json}")
     if args.write_bundle:
-        print(f"wrote {write_tuned_bundle(result, args.write_bundle)} (its inference config runs the shipped "
+        written = write_tuned_bundle(result, args.write_bundle, min_saving_pct=args.min_saving)
+        print(f"wrote {written} (its inference config runs the shipped "
               "setting; configs/metadata.json compression.pipeline_knobs says what it saved and cost)")
     return 0
 

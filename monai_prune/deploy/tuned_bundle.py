@@ -39,16 +39,22 @@ from .models import verify_config_files, verify_model_files
 logger = logging.getLogger(__name__)
 
 
-def chosen_setting(result: Dict[str, Any]) -> Dict[str, Any]:
+MIN_SAVING_PCT = 5.0  # a smaller measured saving is within the timing noise of a shared machine: not shipped
+
+
+def chosen_setting(result: Dict[str, Any], min_saving_pct: float = MIN_SAVING_PCT) -> Dict[str, Any]:
     """The row of a :func:`~monai_prune.deploy.pipeline_knobs.tune_pipeline` result to ship: the passing knobs
-    combined when that row passed, else the passing single-knob setting that saved most time."""
-    rows = [r for r in result["rows"] if r["knob"] != "baseline" and r.get("passed") and r["saving_pct"] > 0]
+    combined when that row passed, else the passing single-knob setting that saved most time; only a row that saved
+    more than ``min_saving_pct`` percent (5 by default) ships."""
+    rows = [r for r in result["rows"] if r["knob"] != "baseline" and r.get("passed")
+            and r["saving_pct"] > min_saving_pct]
     combined = [r for r in rows if r["knob"] == "combined"]
     if combined:
         return combined[0]
     if not rows:
         raise ConfigError(f"no setting both kept every class within ΔDice {result['max_delta']} of the baseline and "
-                          "saved time: there is nothing to ship (nothing was written)")
+                          f"saved more than {min_saving_pct:g}% of the time (less is within the timing noise): "
+                          "there is nothing to ship (nothing was written)")
     return max(rows, key=lambda r: r["saving_pct"])
 
 
@@ -103,17 +109,19 @@ def _embed(model_ts: str, inference: Dict[str, Any], metadata: Dict[str, Any]) -
         torch.jit.save(module, str(tmp), _extra_files=files)
 
 
-def write_tuned_bundle(result: Dict[str, Any], out: str, row: Optional[Dict[str, Any]] = None) -> str:
+def write_tuned_bundle(result: Dict[str, Any], out: str, row: Optional[Dict[str, Any]] = None,
+                       min_saving_pct: float = MIN_SAVING_PCT) -> str:
     """Write a copy of ``result["bundle"]`` at ``out`` that runs ``row`` (default: :func:`chosen_setting`).
 
     Args:
         result: what :func:`~monai_prune.deploy.pipeline_knobs.tune_pipeline` returned.
         out: the new bundle folder; it must not exist, and may be neither inside the source nor around it.
         row: one of ``result["rows"]`` that passed.
+        min_saving_pct: without ``row``, the smallest saving (percent) a setting must show to ship.
 
     Returns: ``out``.
     """
-    row = chosen_setting(result) if row is None else row
+    row = chosen_setting(result, min_saving_pct) if row is None else row
     if not row.get("passed") or not row["overrides"]:
         raise ConfigError(f"the setting {row['knob']} {row.get('value')} did not pass the guardrail: not shipped "
                           "(nothing was written)")
