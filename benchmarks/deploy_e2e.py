@@ -70,9 +70,9 @@ import torch  # noqa: E402
 import _bench  # noqa: E402
 from monai_prune.data import synthetic_ct  # noqa: E402
 from monai_prune.deploy.dicom import dice, read_segmentation, write_ct_series  # noqa: E402
-from monai_prune.deploy.pipeline_timing import (STDERR_TAIL_LINES, AppRunError, Variant, machine,  # noqa: E402
-                                                monai_prune_cli, pipeline_section, run_app, run_logged, run_rounds,
-                                                summarize, tail, write_card_pipeline)
+from monai_prune.deploy.pipeline_timing import (STDERR_TAIL_LINES, AppRunError, Variant, add_speedups,  # noqa: E402
+                                                machine, monai_prune_cli, pipeline_section, run_app, run_logged,
+                                                run_rounds, summarize, tail, write_card_pipeline)
 from monai_prune.report import markdown_table  # noqa: E402
 from monai_prune.runtime import available_backends  # noqa: E402
 from monai_prune.utils import atomic_write_text, configure_logging  # noqa: E402
@@ -287,20 +287,13 @@ def make_rows(variants: Sequence[Variant], runs: Dict[str, List[Dict[str, Any]]]
     rows = [summarize(v, runs[v.name]) for v in variants]
     dense = rows[0]
     segs = {row["variant"]: read_segmentation(row["seg"], series) for row in rows}
+    add_speedups(rows, stages=("network", "postprocessing"))
     for row in rows:
-        row["speedup_vs_dense_wall"] = _ratio(dense["wall_s"], row["wall_s"])
-        row["speedup_vs_dense_first_study"] = _ratio(dense["wall_s"], row["first_study_s"])
-        for stage in ("network", "postprocessing"):
-            row[f"speedup_vs_dense_{stage}"] = _ratio(dense["stages_s"].get(stage), row["stages_s"].get(stage))
         seg = segs[row["variant"]]
         row.update(dice_vs_label=dice(seg, label), dice_vs_dense=dice(seg, segs[dense["variant"]]),
                    voxel_agreement_vs_dense=float(np.mean(seg == segs[dense["variant"]])),
                    seg_voxels=int((seg > 0).sum()))
     return rows
-
-
-def _ratio(reference: Optional[float], own: Optional[float]) -> Optional[float]:
-    return reference / own if reference and own else None
 
 
 def _s(value: Optional[float]) -> str:

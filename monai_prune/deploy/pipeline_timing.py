@@ -10,6 +10,7 @@ What ``monai-prune time-pipeline`` and ``benchmarks/deploy_e2e.py`` share:
 * :func:`stage_seconds` and :func:`summarize`: each run's ``run.json`` turned into seconds per stage (DICOM load,
   preprocessing, network, postprocessing, SEG writing, the rest of the app; start-up = wall minus the app's total),
   medians over the runs;
+* :func:`add_speedups`: each row's speed-ups over the dense row;
 * :func:`pipeline_section` and :func:`write_card_pipeline`: the two medians as
   :attr:`~monai_prune.fidelity.FidelityCard.pipeline_s` and into a bundle's fidelity card (every copy of it).
 
@@ -265,6 +266,19 @@ def summarize(variant: Variant, results: Sequence[Dict[str, Any]]) -> Dict[str, 
         "seconds_runs": [r["record"]["seconds"] for r in results],
         "seg": results[-1]["seg"],
     }
+
+
+def add_speedups(rows: Sequence[Dict[str, Any]], stages: Sequence[str] = ()) -> None:
+    """Each :func:`summarize` row's speed-ups over the first row (the dense pipeline): ``speedup_vs_dense_wall``,
+    ``speedup_vs_dense_first_study`` and ``speedup_vs_dense_<stage>`` for ``stages``; None where a time is missing."""
+    from ..fidelity.card_markdown import ratio
+
+    dense = rows[0]
+    for row in rows:
+        row["speedup_vs_dense_wall"] = ratio(dense["wall_s"], row["wall_s"])
+        row["speedup_vs_dense_first_study"] = ratio(dense["first_study_s"], row["first_study_s"])
+        for stage in stages:
+            row[f"speedup_vs_dense_{stage}"] = ratio(dense["stages_s"].get(stage), row["stages_s"].get(stage))
 
 
 def pipeline_section(before: Mapping[str, Any], after: Mapping[str, Any], what: str) -> Dict[str, Any]:

@@ -27,8 +27,8 @@ import numpy as np
 
 from .._markdown import markdown_table
 from ..errors import ConfigError, InputError
-from .pipeline_timing import (PAUSE_S, Variant, machine, pipeline_section, run_app, run_rounds, summarize,
-                              write_card_pipeline)
+from .pipeline_timing import (PAUSE_S, Variant, add_speedups, machine, pipeline_section, run_app, run_rounds,
+                              summarize, write_card_pipeline)
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,6 @@ def _last_seg(results: Sequence[Dict[str, Any]], index: int) -> str:
     return [r for r in results if r["series"] == index][-1]["seg"]
 
 
-def _ratio(reference: Optional[float], own: Optional[float]) -> Optional[float]:
-    return reference / own if reference and own else None
-
-
 def time_pipeline(app: str, bundle: str, dense: str, series: Sequence[str], rounds: int = 3, backend: str = "auto",
                   precision: str = "auto", resident: bool = False, work: Optional[str] = None,
                   write_bundle: Optional[str] = None, pause: float = PAUSE_S, modality: str = "CT") -> Dict[str, Any]:
@@ -130,9 +126,7 @@ def time_pipeline(app: str, bundle: str, dense: str, series: Sequence[str], roun
                 "warmup")
         runs = run_rounds(app, [before, after], models, series, folder, rounds, pause=pause, log=logger.info)
         rows = [summarize(before, runs[before.name]), summarize(after, runs[after.name])]
-        for row in rows:
-            row["speedup_vs_dense_wall"] = _ratio(rows[0]["wall_s"], row["wall_s"])
-            row["speedup_vs_dense_first_study"] = _ratio(rows[0]["first_study_s"], row["first_study_s"])
+        add_speedups(rows)
         per_series = [seg_agreement(_last_seg(runs[before.name], i), _last_seg(runs[after.name], i), s)
                       for i, s in enumerate(series)]
     finally:

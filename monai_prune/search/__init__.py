@@ -21,10 +21,10 @@ when ``evaluate`` returns an ``"example"`` slice, ``examples.npz`` for ``monai-p
 
 The package, in pipeline order: :mod:`.config` (what is tried, argument checks), :mod:`.log` (the search log),
 :mod:`.candidates` (the typed measurements), :mod:`.build` (prune, fine-tune, quantize), :mod:`.measure` (evaluate and
-time), :mod:`.decide` (the pure decision), :mod:`.confirm` (paired timings of the finalists), :mod:`.knobs` (the chosen
-model's pipeline knobs: ``SearchConfig.pipeline_knobs``, judged by the same guardrails, the passing setting shipped in
-``chosen/pipeline.json``), :mod:`.outputs` (the chosen model, ``search.json``), :mod:`.report` (the Pareto chart, tables and ``report.md``) and :mod:`.pipeline`
-(:func:`search`, the stages in order).
+time), :mod:`.decide` (the pure decision), :mod:`.confirm` (paired timings of the finalists), :mod:`.knobs` (the
+chosen model's pipeline knobs: ``SearchConfig.pipeline_knobs``, judged by the same guardrails, the passing setting
+shipped in ``chosen/pipeline.json``), :mod:`.outputs` (the chosen model, ``search.json``), :mod:`.report` (the Pareto
+chart, tables and ``report.md``) and :mod:`.pipeline` (:func:`search`, the stages in order).
 """
 
 import logging

@@ -53,6 +53,11 @@ def _text(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
+def settings_text(values: Mapping[str, Any]) -> str:
+    """``overlap 0.1, roi_size 64,64,64`` (the card's wording of a setting)."""
+    return ", ".join(f"{k} {_text(v)}" for k, v in values.items())
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -197,6 +202,7 @@ def sentence(row: Mapping[str, Any]) -> str:
     else:
         cost = f"costs no {metric} (every class {'+' if own[worst] > 0 else ''}{own[worst]:.4f} or better)"
     saving = row["saving_pct"]
-    time_text = (f"saves {saving:.0f}%" if saving >= 0 else f"takes {-saving:.0f}% longer") + " of the chosen model's time"
+    time_text = ((f"saves {saving:.0f}%" if saving >= 0 else f"takes {-saving:.0f}% longer")
+                 + " of the chosen model's time")
     verdict = "held every guardrail" if row["passes"] else "BROKE: " + "; ".join(row["broken"])
     return f"{change} {cost} and {time_text} ({row['speedup']:.2f}x vs dense): {verdict}"

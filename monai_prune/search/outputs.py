@@ -20,6 +20,7 @@ from .candidates import DenseReference
 from .config import SearchError
 from .context import SearchContext
 from .decide import Decision, Verdict
+from .knobs import settings_text
 from .report import candidates_table, knobs_table, plot_pareto
 
 logger = logging.getLogger(__package__)  # "monai_prune.search": the name the command line prints
@@ -89,22 +90,20 @@ def pipeline_note(pipeline: Mapping[str, Any]) -> str:
         return (f"Pipeline knobs searched ({len(pipeline['lines'])} setting(s), in search.json and candidates.md): no "
                 f"setting both held every guardrail and saved more than {pipeline['min_saving_pct']:.0f}% of the "
                 f"time, so the workload's own setting "
-                f"({knob_text(pipeline['baseline'])}) is kept.")
+                f"({settings_text(pipeline['baseline'])}) is kept.")
     worst = shipped["worst_class"]
-    return (f"Pipeline setting: {knob_text(shipped['overrides'])} instead of "
-            f"{knob_text(shipped['from'])} (chosen/pipeline.json): the workload takes {shipped['seconds']:.3f} s "
+    return (f"Pipeline setting: {settings_text(shipped['overrides'])} instead of "
+            f"{settings_text(shipped['from'])} (chosen/pipeline.json): the workload takes {shipped['seconds']:.3f} s "
             f"instead of {base['seconds']:.3f} s ({shipped['saving_pct']:.0f}% less), {shipped['speedup']:.2f}x faster "
             f"than the dense model at its setting ({base['speedup']:.2f}x without the knobs); measured per class "
             f"against the dense model with every guardrail held, worst class {worst} "
             f"{shipped['metric']} {shipped['worst_delta']:+.4f}. The table above is at the workload's own setting.")
 
 
-def knob_text(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in values.items())
-
 
 def export_chosen(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference, chosen: Verdict,
-                  pipeline: Optional[Dict[str, Any]] = None) -> Tuple[Any, FidelityCard, Dict[str, str], Dict[str, Any]]:
+                  pipeline: Optional[Dict[str, Any]] = None
+                  ) -> Tuple[Any, FidelityCard, Dict[str, str], Dict[str, Any]]:
     """``OUT/chosen/`` (``model.pt``, ``plan.json``, ``model.onnx``, the int8 artifact when int8 won, the fidelity
     card), replaced as a whole; returns ``(model, card, paths, agreement with the dense model)``."""
     from ..export import export_onnx
@@ -155,10 +154,10 @@ def pipeline_file(pipeline: Mapping[str, Any]) -> Dict[str, Any]:
     shipped = pipeline["shipped"]
     row = shipped or pipeline["rows"][0]
     return {"setting": row["setting"], "overrides": row["overrides"], "baseline": pipeline["baseline"],
-            "shipped": shipped is not None, "seconds": row["seconds"], "baseline_seconds": pipeline["rows"][0]["seconds"],
-            "saving_pct": row["saving_pct"], "speedup_vs_dense": row["speedup"], "metric": row["metric"],
-            "delta_vs_dense": row["delta"], "delta_vs_chosen": row["delta_vs_chosen"], "candidate": pipeline["candidate"],
-            "lines": pipeline["lines"]}
+            "shipped": shipped is not None, "seconds": row["seconds"],
+            "baseline_seconds": pipeline["rows"][0]["seconds"], "saving_pct": row["saving_pct"],
+            "speedup_vs_dense": row["speedup"], "metric": row["metric"], "delta_vs_dense": row["delta"],
+            "delta_vs_chosen": row["delta_vs_chosen"], "candidate": pipeline["candidate"], "lines": pipeline["lines"]}
 
 
 def finish(ctx: SearchContext, builder: CandidateBuilder, dense: DenseReference, decision: Decision,

@@ -258,8 +258,9 @@ def knobs_table(pipeline: Mapping[str, Any]) -> str:
                   "held" if row["passes"] else "BROKEN: " + "; ".join(row["broken"])]
         table.append(cells)
     lines = [f"- {line}" for line in pipeline["lines"]]
-    lines.append(f"- shipped: {shipped}" if shipped else f"- shipped: nothing (the baseline is kept: no passing setting "
-                 f"saved more than {pipeline['min_saving_pct']:.0f}%)")
+    lines.append(f"- shipped: {shipped}" if shipped else
+                 f"- shipped: nothing (the baseline is kept: no passing setting saved more than "
+                 f"{pipeline['min_saving_pct']:.0f}%)")
     return (markdown_table(header, table) + f"\n\nseconds: median over {pipeline['rounds']} round(s) of the workload "
             "with the chosen model at the setting; speed-up: median over rounds of the dense model at the baseline / "
             "the setting, timed back to back; saving: against the chosen model at the baseline.\n\n" + "\n".join(lines))
